@@ -1,0 +1,83 @@
+# Cairn: `make run` starts a standalone node, `make test` runs the whole suite.
+# Both install what they need on a fresh Debian 12 machine (as root, or with sudo).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+CONFIG ?=
+# Wheels of the dependencies PyPI ships only as source, built once per machine
+# (llama-cpp-python alone takes minutes), so a fresh clone does not rebuild them.
+WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cairn/wheels
+SDISTS := llama-cpp-python pygobject pycairo systemd-python pydbus
+PIP := $(BIN)/pip install --quiet --constraint constraints.txt --find-links $(WHEELS)
+
+RUN_APT := python3 python3-venv python3-dev build-essential cmake pkg-config \
+  libsystemd-dev libcairo2-dev libgirepository1.0-dev gir1.2-glib-2.0
+TEST_APT := chromium systemd-container debootstrap iproute2 nftables dbus
+
+# Install the Debian packages in $(1) that are missing; apt-get runs only when needed.
+define apt_ensure
+	@missing=$$(for p in $(1); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -qq; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+.PHONY: run test lint typecheck unit integration bench-footprint apt-run apt-test clean
+
+run: $(VENV)/.run-installed
+	@echo "Cairn standalone node on http://127.0.0.1:8470/ (dashboard; /status, /metrics). Ctrl-C stops it."
+	$(BIN)/cairn run $(if $(CONFIG),--config $(CONFIG))
+
+test: $(VENV)/.test-installed apt-test lint typecheck
+	$(BIN)/pytest
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check supervisor tests
+	$(BIN)/ruff format --check supervisor tests
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/mypy
+
+unit: $(VENV)/.test-installed
+	$(BIN)/pytest tests/unit
+
+integration: $(VENV)/.test-installed apt-test
+	$(BIN)/pytest tests/integration
+
+bench-footprint: $(VENV)/.run-installed
+	$(BIN)/python -m tests.bench.footprint
+
+apt-run:
+	$(call apt_ensure,$(RUN_APT))
+
+apt-test:
+	$(call apt_ensure,$(TEST_APT))
+
+$(VENV)/bin/python: | apt-run
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Cairn needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+
+$(WHEELS)/.built: constraints.txt | $(VENV)/bin/python
+	mkdir -p $(WHEELS)
+	$(BIN)/pip wheel --quiet --no-deps --constraint constraints.txt --find-links $(WHEELS) \
+	  --wheel-dir $(WHEELS) $(SDISTS)
+	touch $@
+
+$(VENV)/.run-installed: pyproject.toml constraints.txt $(WHEELS)/.built | apt-run
+	$(PIP) --editable .
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.run-installed
+	$(PIP) --editable '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,182 @@
+"""The `cairn` command line: run the daemon, read a node's status, check the config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from cairn import __version__, config
+from cairn.errors import ConfigError
+
+EXIT_CONFIG = 2
+EXIT_UNREACHABLE = 3
+DEFAULT_URL = f"http://127.0.0.1:{config.DEFAULT_PORT}"
+
+
+def _load(path: str | None) -> config.Config:
+    return config.load(path) if path else config.standalone_default()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Start the supervisor in the foreground."""
+    cfg = _load(args.config)  # validated before anything starts
+    from cairn import daemon, logs  # deferred: `cairn status` should not pay for the daemon
+
+    logs.setup(cfg.log.level)
+    return daemon.run(cfg)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate a config file without starting anything."""
+    cfg = config.load(args.file)
+    print(f"{args.file}: ok ({cfg.digest()})")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    """Print the config file's JSON Schema."""
+    print(json.dumps(config.json_schema(), indent=2))
+    return 0
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def render_status(doc: dict[str, Any]) -> str:
+    """Human-readable status: node, components, machine, generation."""
+    node = doc["node"]
+    out = [
+        f"Node {node['name']} ({node['hostname']})  cairn {doc['version']}  "
+        f"{'READY' if doc['ready'] else 'NOT READY'}",
+        _table(
+            [
+                ("uptime", f"{doc['uptime_seconds']:.0f} s"),
+                ("config", doc["config_digest"][:19]),
+            ]
+        ),
+        "Components",
+        _table(
+            [
+                (n, c["state"] + (f" ({c['detail']})" if c["detail"] else ""))
+                for n, c in sorted(doc["components"].items())
+            ]
+        ),
+    ]
+    probe = doc.get("probe")
+    if probe:
+        cpu, mem, disk = probe["cpu"], probe["memory"], probe["disk"]
+        cores = " ".join(f"{r * 100:.0f}%" for r in cpu["usage_ratio"])
+        rows = [
+            ("cpu", f"{cpu['count']} cores: {cores}"),
+            ("isolated", ",".join(map(str, cpu["isolated"])) or "none"),
+            ("load", " ".join(f"{x:.2f}" for x in probe["load"])),
+            ("memory", f"{_fmt_bytes(mem['used_bytes'])} used of {_fmt_bytes(mem['total_bytes'])}"),
+            (
+                "disk",
+                f"{_fmt_bytes(disk['free_bytes'])} free of "
+                f"{_fmt_bytes(disk['total_bytes'])} at {disk['path']}",
+            ),
+        ]
+        rows += [(f"gpu {g['index']}", f"{g['name']}") for g in probe["gpus"]] or [
+            ("gpus", f"none ({probe['gpu_reason']})")
+        ]
+        out += ["Machine", _table(rows)]
+    else:
+        out += ["Machine", "  (no probe sample yet)"]
+    gen = doc.get("generation")
+    if gen:
+        rows = [
+            (
+                f"system-{g['number']}",
+                " ".join(f for f, on in (("current", g["current"]), ("booted", g["booted"])) if on)
+                or "-",
+            )
+            for g in gen["profiles"]
+        ]
+        out += ["Generations", _table(rows or [("(none)", "")])]
+    else:
+        out += ["Generations", f"  unavailable: {doc['generation_reason']}"]
+    return "\n".join(out)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Fetch and print a node's /status."""
+    url = args.url.rstrip("/") + "/status"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            doc = json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        print(f"cairn status: cannot read {url}: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(json.dumps(doc, indent=2) if args.json else render_status(doc))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    p = argparse.ArgumentParser(prog="cairn", description=__doc__)
+    p.add_argument("--version", action="version", version=f"cairn {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the supervisor in the foreground",
+        description="Run the supervisor; without --config, a standalone node.",
+    )
+    run.add_argument("--config", metavar="FILE", help="config file (.toml or .json)")
+    run.set_defaults(func=cmd_run)
+
+    st = sub.add_parser(
+        "status",
+        help="show a node's status",
+        description="Print a running node's status as a table, or JSON.",
+    )
+    st.add_argument("--url", default=DEFAULT_URL, help=f"node address (default {DEFAULT_URL})")
+    st.add_argument("--json", action="store_true", help="print the raw JSON document")
+    st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    st.set_defaults(func=cmd_status)
+
+    cfg = sub.add_parser(
+        "config",
+        help="check the config or print its schema",
+        description="Validate a config file, or print its JSON Schema.",
+    )
+    csub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    chk = csub.add_parser(
+        "check",
+        help="validate a config file without starting",
+        description="Validate FILE; exit 2 naming the bad key.",
+    )
+    chk.add_argument("file", metavar="FILE")
+    chk.set_defaults(func=cmd_config_check)
+    sch = csub.add_parser(
+        "schema",
+        help="print the config JSON Schema",
+        description="Print the JSON Schema of the config file.",
+    )
+    sch.set_defaults(func=cmd_config_schema)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `cairn` console script."""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"cairn: {err}", file=sys.stderr)
+        return EXIT_CONFIG

@@ -1,0 +1,150 @@
+"""Typed, frozen supervisor configuration: loaded once from TOML or JSON, validated, or refused."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from cairn.errors import ConfigError
+
+SCHEMA_VERSION = 1
+DEFAULT_PORT = 8470
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="TCP port")]
+Seconds = Annotated[float, msgspec.Meta(gt=0, description="a duration in seconds")]
+
+
+class LogLevel(enum.StrEnum):
+    """Closed set of log levels."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+def _default_state_dir() -> str:
+    # systemd's StateDirectory= sets STATE_DIRECTORY; standalone falls back to the XDG state home.
+    if env := os.environ.get("STATE_DIRECTORY"):
+        return env.split(":")[0]
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(xdg) / "cairn")
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every config table: immutable, unknown keys refused."""
+
+
+class NodeConfig(_Section, frozen=True):
+    """Identity and local storage of this node."""
+
+    name: str = msgspec.field(default_factory=socket.gethostname)
+    state_dir: str = msgspec.field(default_factory=_default_state_dir)
+
+
+class ApiConfig(_Section, frozen=True):
+    """Where the HTTP API and status endpoint listen."""
+
+    host: str = "127.0.0.1"
+    port: Port = DEFAULT_PORT
+
+
+class ProbeConfig(_Section, frozen=True):
+    """How often the node probe samples the machine."""
+
+    interval: Annotated[float, msgspec.Meta(ge=0.5, le=3600)] = 5.0
+    nix_profiles: str = "/nix/var/nix/profiles"
+
+
+class LogConfig(_Section, frozen=True):
+    """Logging verbosity."""
+
+    level: LogLevel = LogLevel.INFO
+
+
+class Config(_Section, frozen=True):
+    """The whole supervisor configuration."""
+
+    version: Annotated[int, msgspec.Meta(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]
+    node: NodeConfig = msgspec.field(default_factory=NodeConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    probe: ProbeConfig = msgspec.field(default_factory=ProbeConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+    def digest(self) -> str:
+        """Stable sha256 over the effective settings, shown in /status."""
+        blob = json.dumps(msgspec.to_builtins(self), sort_keys=True).encode()
+        return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+# msgspec reports e.g. "Expected `int`, got `str` - at `$.api.port`"; we rephrase that as
+# "api.port: expected int, got str" so every message starts with the dotted key path.
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]+)`$")
+
+
+def _dotted(path: str) -> str:
+    return re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
+
+
+def _translate(err: msgspec.ValidationError, source: str) -> ConfigError:
+    m = _AT.match(str(err))
+    assert m is not None  # the pattern matches any string
+    msg, path = m["msg"], _dotted(m["path"] or "")
+    for pattern, problem in ((_UNKNOWN, "unknown key"), (_MISSING, "required key is missing")):
+        if km := pattern.match(msg):
+            return ConfigError(".".join(p for p in (path, km["key"]) if p), problem, source)
+    problem = msg[0].lower() + msg[1:] if msg else "invalid value"
+    return ConfigError(path or "(root)", problem, source)
+
+
+def from_mapping(data: Any, source: str = "") -> Config:
+    """Validate a parsed document into a frozen Config."""
+    if not isinstance(data, dict):
+        raise ConfigError("(root)", "expected a table of settings", source)
+    try:
+        return msgspec.convert(data, Config, strict=True)
+    except msgspec.ValidationError as err:
+        raise _translate(err, source) from None
+
+
+def load(path: str | Path) -> Config:
+    """Read a TOML (.toml) or JSON (.json) config file and validate it."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError("(file)", f"cannot read: {err.strerror}", str(p)) from None
+    try:
+        if p.suffix == ".json":
+            data = json.loads(text)
+        elif p.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ConfigError("(file)", "unknown format: name it *.toml or *.json", str(p))
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError("(file)", f"not valid {p.suffix[1:].upper()}: {err}", str(p)) from None
+    return from_mapping(data, str(p))
+
+
+def standalone_default() -> Config:
+    """The built-in config of `cairn run` without a file: one node on 127.0.0.1:8470."""
+    return Config(version=SCHEMA_VERSION)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the config file (draft 2020-12)."""
+    schema: dict[str, Any] = msgspec.json.schema(Config)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Cairn supervisor configuration"
+    return schema

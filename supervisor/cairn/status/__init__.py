@@ -1,0 +1,1 @@
+"""The local HTTP status endpoint: health, status JSON, metrics, dashboard."""

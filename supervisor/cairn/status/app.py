@@ -1,0 +1,121 @@
+"""aiohttp app factory for the status endpoint; every error is JSON, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+from typing import TYPE_CHECKING
+
+import msgspec
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cairn.status import document
+from cairn.status.metrics import Metrics
+
+if TYPE_CHECKING:
+    from cairn.daemon import Supervisor
+
+log = logging.getLogger(__name__)
+
+SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
+METRICS = web.AppKey("metrics", Metrics)
+_ASSETS = resources.files("cairn.status")
+
+
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(data),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The one error shape of this API: {"error": {"status", "message"}}."""
+    return _json({"error": {"status": status, "message": message}}, status, headers)
+
+
+def _route(request: web.Request) -> str:
+    # Label by route template, never by raw path: unknown paths must not mint new series.
+    info = request.match_info
+    resource = info.route.resource if info.http_exception is None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn aiohttp's HTML errors and unexpected exceptions into JSON, and count every answer."""
+    metrics = request.app[METRICS]
+    started = time.monotonic()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        response = json_error(exc.status, exc.reason, allow)
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        response = json_error(500, "internal error; see the node's log")
+    route = _route(request)
+    metrics.http_requests.labels(request.method, route, str(response.status)).inc()
+    metrics.http_duration.labels(route).observe(time.monotonic() - started)
+    return response
+
+
+async def livez(request: web.Request) -> web.Response:
+    """200 while the event loop answers."""
+    return _json({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when every component is ready, else 503 listing the ones that are not."""
+    comps = request.app[SUPERVISOR].components
+    if comps.ready():
+        return _json({"ready": True, "not_ready": {}})
+    return _json({"ready": False, "not_ready": comps.not_ready()}, status=503)
+
+
+async def status(request: web.Request) -> web.Response:
+    """The node's full status document."""
+    return _json(document.build(request.app[SUPERVISOR]))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI description of this API."""
+    return web.Response(
+        body=_ASSETS.joinpath("openapi.json").read_bytes(), content_type="application/json"
+    )
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    """The self-refreshing HTML dashboard."""
+    return web.Response(
+        body=_ASSETS.joinpath("dashboard.html").read_bytes(),
+        content_type="text/html",
+        charset="utf-8",
+    )
+
+
+def create_app(sup: Supervisor) -> web.Application:
+    """Build the status app around a supervisor."""
+    app = web.Application(middlewares=[errors_as_json])
+    app[SUPERVISOR] = sup
+    app[METRICS] = Metrics(sup)
+    app.router.add_get("/", dashboard)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app

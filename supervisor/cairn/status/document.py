@@ -1,0 +1,46 @@
+"""The /status document: one typed struct, so the JSON and the OpenAPI schema stay in step."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from cairn.components import Status
+from cairn.daemon import Identity
+from cairn.generations import Generations
+from cairn.probe import Snapshot
+
+if TYPE_CHECKING:
+    from cairn.daemon import Supervisor
+
+
+class StatusDocument(msgspec.Struct, frozen=True):
+    """Everything `GET /status` returns."""
+
+    node: Identity
+    version: str
+    started_at: float
+    uptime_seconds: float
+    config_digest: str
+    ready: bool
+    components: dict[str, Status]
+    probe: Snapshot | None
+    generation: Generations | None
+    generation_reason: str
+
+
+def build(sup: Supervisor) -> StatusDocument:
+    """Assemble the status document from the supervisor's current state."""
+    return StatusDocument(
+        node=sup.identity,
+        version=sup.version,
+        started_at=sup.started_at,
+        uptime_seconds=round(sup.uptime(), 3),
+        config_digest=sup.config_digest,
+        ready=sup.components.ready(),
+        components=sup.components.snapshot(),
+        probe=sup.snapshot,
+        generation=sup.generation,
+        generation_reason=sup.generation_reason,
+    )

@@ -1,0 +1,126 @@
+"""Prometheus metrics: HTTP counters plus a collector that exposes the latest probe snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from cairn.daemon import Supervisor
+
+
+def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"cairn_{name}", doc, labels=labels)
+
+
+class NodeCollector(Collector):
+    """Reads the supervisor's state at scrape time; nothing is copied between scrapes."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield one family per quantity."""
+        sup = self.sup
+        up = _gauge("uptime_seconds", "Seconds since the supervisor started.")
+        up.add_metric([], sup.uptime())
+        yield up
+        ready = _gauge("component_ready", "1 when the component is ready, else 0.", ["component"])
+        for name, st in sup.components.snapshot().items():
+            ready.add_metric([name], 1.0 if st.state == "ready" else 0.0)
+        yield ready
+        runs = CounterMetricFamily("cairn_probe_runs", "Probe rounds attempted.")
+        runs.add_metric([], sup.probe_runs)
+        yield runs
+        fails = CounterMetricFamily("cairn_probe_failures", "Probe rounds that failed.")
+        fails.add_metric([], sup.probe_failures)
+        yield fails
+        yield from self._snapshot()
+        gen = _gauge("nixos_generation", "Number of the current NixOS generation.")
+        if sup.generation is not None:
+            for g in sup.generation.profiles:
+                if g.current:
+                    gen.add_metric([], g.number)
+        yield gen
+
+    def _snapshot(self) -> Iterator[Metric]:
+        snap = self.sup.snapshot
+        if snap is None:
+            return
+        dur = _gauge("probe_duration_seconds", "How long the last probe round took.")
+        dur.add_metric([], snap.duration_seconds)
+        cpu = _gauge("cpu_usage_ratio", "Busy share of each core since the last probe.", ["cpu"])
+        for i, r in enumerate(snap.cpu.usage_ratio):
+            cpu.add_metric([str(i)], r)
+        iso = _gauge("cpu_isolated", "1 for cores isolated with isolcpus=.", ["cpu"])
+        for i in snap.cpu.isolated:
+            iso.add_metric([str(i)], 1.0)
+        load = _gauge("load_average", "System load average.", ["window"])
+        for w, v in zip(("1m", "5m", "15m"), snap.load, strict=True):
+            load.add_metric([w], v)
+        yield from (dur, cpu, iso, load)
+        for kind, m in (("memory", snap.memory), ("swap", snap.swap)):
+            for field in ("total", "available", "used"):
+                g = _gauge(f"{kind}_{field}_bytes", f"{kind.capitalize()} {field}, bytes.")
+                g.add_metric([], getattr(m, f"{field}_bytes"))
+                yield g
+        for field in ("total", "free", "used"):
+            g = _gauge(f"disk_{field}_bytes", f"State-dir filesystem {field}, bytes.", ["path"])
+            g.add_metric([snap.disk.path], getattr(snap.disk, f"{field}_bytes"))
+            yield g
+        temp = _gauge(
+            "temperature_celsius", "Kernel-exposed sensor temperature.", ["chip", "sensor"]
+        )
+        for t in snap.temperatures:
+            temp.add_metric([t.chip, t.label], t.celsius)
+        yield temp
+        yield from self._gpus()
+
+    def _gpus(self) -> Iterator[Metric]:
+        snap = self.sup.snapshot
+        assert snap is not None
+        count = _gauge("gpus", "GPUs NVML can see.")
+        count.add_metric([], len(snap.gpus))
+        yield count
+        fields = {
+            "utilization_ratio": "GPU busy share.",
+            "memory_used_bytes": "GPU memory in use, bytes.",
+            "memory_total_bytes": "GPU memory, bytes.",
+            "temperature_celsius": "GPU core temperature.",
+            "power_watts": "GPU board power draw.",
+        }
+        for field, doc in fields.items():
+            g = _gauge(f"gpu_{field}", doc, ["gpu", "name"])
+            for gpu in snap.gpus:
+                value = getattr(gpu, field)
+                if value is not None:
+                    g.add_metric([str(gpu.index), gpu.name], float(value))
+            yield g
+
+
+class Metrics:
+    """The registry served at /metrics; one per app, never the global default."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "cairn_http_requests",
+            "HTTP requests answered.",
+            ["method", "route", "code"],
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "cairn_http_request_duration_seconds",
+            "HTTP request handling time.",
+            ["route"],
+            registry=self.registry,
+        )
+        Info("cairn_build", "Supervisor build.", registry=self.registry).info(
+            {"version": sup.version}
+        )
+        ProcessCollector(namespace="cairn", registry=self.registry)
+        self.registry.register(NodeCollector(sup))

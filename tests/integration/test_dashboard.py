@@ -1,0 +1,98 @@
+"""The dashboard as a person sees it: headless Chromium renders /status into tables."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from html.parser import HTMLParser
+from pathlib import Path
+
+from tests.conftest import REPO, Node, wait_for
+
+ARTIFACTS = REPO / "build" / "test-artifacts"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1100,1500",
+    # Virtual time lets the page's fetch and render finish before the DOM is dumped.
+    "--virtual-time-budget=5000",
+]
+
+
+class Tables(HTMLParser):
+    """Collects each table's body rows (by table id) as lists of cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table: str | None = None
+        self._in_body = False
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self._table = dict(attrs).get("id") or ""
+            self.tables[self._table] = []
+        elif tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body and self._table is not None:
+            self.tables[self._table].append([])
+        elif tag == "td" and self._in_body:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None and self._table is not None:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tbody":
+            self._in_body = False
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def chromium(*args: str, tmp: Path) -> str:
+    exe = shutil.which("chromium")
+    assert exe, "chromium is not installed (make test installs it)"
+    res = subprocess.run(
+        [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'chromium'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return res.stdout
+
+
+def test_dashboard_renders_status_tables(start_node: Callable[..., Node], tmp_path: Path) -> None:
+    node = start_node(probe_interval=0.5)
+    wait_for(lambda: node.get("/readyz").status == 200, 15, "readiness")
+
+    parser = Tables()
+    parser.feed(chromium("--dump-dom", node.url + "/", tmp=tmp_path))
+    tables = parser.tables
+
+    (row,) = tables["node"]
+    assert row[:2] == ["test-node", socket.gethostname()]
+    assert row[4] == "ready"
+    assert {r[0]: r[1] for r in tables["components"]} == {"api": "ready", "probe": "ready"}
+    assert len(tables["cpu"]) == len(node.get("/status").json()["probe"]["cpu"]["usage_ratio"])
+    assert [r[0] for r in tables["memory"]][:2] == ["Memory", "Swap"]
+    assert tables["gpus"][0][0].startswith("no GPU: NVML")
+    assert tables["generations"][0][0].startswith("unavailable: ")
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    shot.unlink(missing_ok=True)
+    chromium(f"--screenshot={shot}", node.url + "/", tmp=tmp_path)
+    assert shot.stat().st_size > 10_000
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,98 @@
+"""Config loading: valid files load frozen; each kind of mistake names its key path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import msgspec
+import pytest
+from cairn import config
+from cairn.errors import ConfigError
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_toml_and_json_give_the_same_config(tmp_path: Path) -> None:
+    toml = write(tmp_path, "c.toml", 'version = 1\n[api]\nport = 9000\n[node]\nname = "n1"\n')
+    js = write(
+        tmp_path,
+        "c.json",
+        json.dumps({"version": 1, "api": {"port": 9000}, "node": {"name": "n1"}}),
+    )
+    a, b = config.load(toml), config.load(js)
+    assert a.api.port == 9000 and a.node.name == "n1"
+    assert a.digest() == b.digest()
+
+
+def test_config_is_frozen() -> None:
+    cfg = config.standalone_default()
+    with pytest.raises(AttributeError):
+        cfg.api.port = 1  # type: ignore[misc]
+
+
+def test_standalone_default_binds_loopback_8470() -> None:
+    cfg = config.standalone_default()
+    assert (cfg.api.host, cfg.api.port) == ("127.0.0.1", 8470)
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "problem"),
+    [
+        ({"version": 1, "api": {"port": "80"}}, "api.port", "expected `int`, got `str`"),
+        ({"version": 1, "api": {"prot": 80}}, "api.prot", "unknown key"),
+        ({"version": 1, "bogus": {}}, "bogus", "unknown key"),
+        ({"api": {"port": 80}}, "version", "required key is missing"),
+        ({"version": 1, "api": {"port": 70000}}, "api.port", "expected `int` <= 65535"),
+        ({"version": 1, "log": {"level": "loud"}}, "log.level", "invalid enum value 'loud'"),
+        ({"version": 2}, "version", "expected `int` <= 1"),
+    ],
+)
+def test_errors_name_the_key_path(tmp_path: Path, doc: dict, path: str, problem: str) -> None:
+    f = write(tmp_path, "bad.json", json.dumps(doc))
+    with pytest.raises(ConfigError) as exc:
+        config.load(f)
+    assert exc.value.path == path
+    assert exc.value.problem == problem
+    assert str(exc.value) == f"{f}: config error at {path}: {problem}"
+
+
+def test_unparseable_toml_is_a_config_error(tmp_path: Path) -> None:
+    f = write(tmp_path, "bad.toml", "version = = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(f)
+
+
+def test_unknown_extension_is_refused(tmp_path: Path) -> None:
+    f = write(tmp_path, "c.yaml", "version: 1\n")
+    with pytest.raises(ConfigError, match=r"name it \*\.toml or \*\.json"):
+        config.load(f)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(tmp_path / "absent.toml")
+
+
+def test_state_dir_defaults_to_systemd_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/cairn:/var/lib/other")
+    assert config.standalone_default().node.state_dir == "/var/lib/cairn"
+
+
+def test_schema_describes_every_section_and_rejects_extras() -> None:
+    schema = config.json_schema()
+    root = schema["$defs"]["Config"]
+    assert set(root["properties"]) == {"version", "node", "api", "probe", "log"}
+    assert root["required"] == ["version"]
+    assert root["additionalProperties"] is False
+    assert schema["$defs"]["ApiConfig"]["properties"]["port"]["maximum"] == 65535
+
+
+def test_schema_accepts_what_the_loader_accepts() -> None:
+    doc = msgspec.to_builtins(config.standalone_default())
+    jsonschema.validate(doc, config.json_schema())
