@@ -22,17 +22,19 @@ pytest_plugins = ["tests.harness.fixtures"]
 
 REPO = Path(__file__).resolve().parent.parent
 CAIRN = [sys.executable, "-m", "cairn"]
+CAIRN_BIN = str(Path(sys.executable).parent / "cairn")  # the console script, as users run it
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Under CI=true a skipped test is a failure: nothing may be skipped for a missing dependency."""
+    """Under CI=true a skipped test fails the run: nothing may be skipped for a missing tool."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
     if IN_CI and skipped and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if reporter:
-            reporter.write_line(f"CI=true: {len(skipped)} test(s) skipped; failing the run", red=True)
+            msg = f"CI=true: {len(skipped)} test(s) skipped; failing the run"
+            reporter.write_line(msg, red=True)
 
 
 def free_port() -> int:

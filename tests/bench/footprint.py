@@ -107,11 +107,11 @@ def main() -> int:
     print(f"{'metric':<18} {'cairn':>8} {'peer':>8} {'ratio':>7} {'target':>8}  verdict")
     ok = True
     for name, c, p, target in rows:
-        ratio = c / p if p else float("inf")
+        ratio_text = f"{c / p:.2f}x" if p else "n/a"
         good = c <= target
         ok &= good
         verdict = "ok" if good else "OVER"
-        print(f"{name:<18} {c:>8.2f} {p:>8.2f} {ratio:>6.2f}x {target:>8.2f}  {verdict}")
+        print(f"{name:<18} {c:>8.3f} {p:>8.3f} {ratio_text:>7} {target:>8.2f}  {verdict}")
     return 0 if ok else 1
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cairn import __version__
 
-from tests.conftest import free_port, http
+from cairn import __version__
+from tests.conftest import CAIRN_BIN, free_port, http
 
 # Each bad config would listen on `port` if it were (wrongly) accepted.
 BAD: dict[str, tuple[Callable[[int], dict[str, Any]], str]] = {
@@ -28,7 +28,7 @@ BAD: dict[str, tuple[Callable[[int], dict[str, Any]], str]] = {
 
 
 def cairn(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["cairn", *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run([CAIRN_BIN, *args], capture_output=True, text=True, timeout=30)
 
 
 @pytest.mark.parametrize("case", BAD)

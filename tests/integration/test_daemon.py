@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Node, wait_for
+from tests.conftest import CAIRN_BIN, Node, wait_for
 
 OPENAPI = json.loads(resources.files("cairn.status").joinpath("openapi.json").read_text())
 
@@ -132,21 +132,24 @@ def test_cairn_status_prints_a_table(start_node: Callable[..., Node]) -> None:
     node = start_node(probe_interval=1.0)
     wait_for(lambda: node.get("/readyz").status == 200, 15, "readiness")
     out = subprocess.run(
-        ["cairn", "status", "--url", node.url], capture_output=True, text=True, check=True
+        [CAIRN_BIN, "status", "--url", node.url], capture_output=True, text=True, check=True
     ).stdout
     assert out.startswith("Node test-node (")
     assert "READY" in out and "NOT READY" not in out
     assert "Components" in out and "probe" in out
     assert "unavailable: " in out  # generation on a non-NixOS machine
     as_json = subprocess.run(
-        ["cairn", "status", "--json", "--url", node.url], capture_output=True, text=True, check=True
+        [CAIRN_BIN, "status", "--json", "--url", node.url],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     validate(json.loads(as_json), "Status")
 
 
 def test_cairn_status_unreachable_says_so() -> None:
     res = subprocess.run(
-        ["cairn", "status", "--url", "http://127.0.0.1:9"], capture_output=True, text=True
+        [CAIRN_BIN, "status", "--url", "http://127.0.0.1:9"], capture_output=True, text=True
     )
     assert res.returncode == 3
     assert "cannot read http://127.0.0.1:9/status" in res.stderr

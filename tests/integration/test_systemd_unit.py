@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
-from pathlib import Path
+from typing import Any
 
-from tests.harness import Cluster, wait_until
+from tests.conftest import CAIRN_BIN
+from tests.harness import wait_until
 
-CAIRN = Path(sys.prefix) / "bin" / "cairn"
 UNIT = f"""\
 [Unit]
 Description=Cairn supervisor (integration test)
@@ -17,7 +16,7 @@ Description=Cairn supervisor (integration test)
 [Service]
 Type=notify
 NotifyAccess=main
-ExecStart={CAIRN} run --config /etc/cairn/cairn.json
+ExecStart={CAIRN_BIN} run --config /etc/cairn/cairn.json
 WatchdogSec=3
 Restart=on-failure
 RestartSec=1
@@ -27,7 +26,7 @@ CONFIG = {"version": 1, "node": {"name": "nspawn-node"}, "probe": {"interval": 1
 FILES = {"/etc/systemd/system/cairn.service": UNIT, "/etc/cairn/cairn.json": json.dumps(CONFIG)}
 
 
-def boot(cluster_factory) -> tuple[Cluster, object]:
+def boot(cluster_factory) -> tuple[Any, Any]:
     cluster = cluster_factory(1, files=FILES)
     node = cluster.nodes[0]
     node.start_unit("cairn.service")

@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import msgspec
 import pytest
+
 from cairn import config
 from cairn.errors import ConfigError
 

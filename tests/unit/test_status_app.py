@@ -1,0 +1,78 @@
+"""The status app in-process: failures become JSON and degrade readiness, never crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from cairn import config
+from cairn.components import State
+from cairn.daemon import Supervisor
+from cairn.status.app import create_app
+
+
+@pytest.fixture
+def sup(tmp_path: Path) -> Supervisor:
+    cfg = config.from_mapping(
+        {
+            "version": 1,
+            "node": {"name": "unit", "state_dir": str(tmp_path)},
+            "probe": {"nix_profiles": str(tmp_path / "nix")},
+        }
+    )
+    s = Supervisor(cfg)
+    s.components.set("api", State.READY)
+    s.components.set("probe", State.STARTING, "waiting for the first sample")
+    return s
+
+
+async def test_unexpected_exception_is_json_500_without_trace(
+    aiohttp_client, sup: Supervisor
+) -> None:
+    app = create_app(sup)
+
+    async def boom(request: web.Request) -> web.Response:
+        raise RuntimeError("secret internals")
+
+    app.router.add_get("/boom", boom)
+    client: TestClient = await aiohttp_client(app)
+    resp = await client.get("/boom")
+    assert resp.status == 500
+    body = await resp.text()
+    assert "secret internals" not in body and "Traceback" not in body
+    assert await resp.json() == {
+        "error": {"status": 500, "message": "internal error; see the node's log"}
+    }
+
+
+async def test_failing_probe_degrades_and_is_counted(
+    aiohttp_client, sup: Supervisor, monkeypatch
+) -> None:
+    def broken() -> None:
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(sup.probe, "sample", broken)
+    await sup.probe_once()
+    client: TestClient = await aiohttp_client(create_app(sup))
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["not_ready"]["probe"] == {
+        "state": "degraded",
+        "detail": "last probe failed: disk vanished",
+    }
+    metrics = await (await client.get("/metrics")).text()
+    assert "cairn_probe_failures_total 1.0" in metrics
+
+
+async def test_successful_probe_makes_the_node_ready(aiohttp_client, sup: Supervisor) -> None:
+    sup.probe.start()
+    await sup.probe_once()
+    sup.probe.stop()
+    client: TestClient = await aiohttp_client(create_app(sup))
+    assert (await client.get("/readyz")).status == 200
+    doc = await (await client.get("/status")).json()
+    assert doc["probe"]["disk"]["path"] == sup.config.node.state_dir
+    assert doc["generation"] is None
