@@ -1,0 +1,48 @@
+"""Pytest fixtures for integration tests; register with pytest_plugins in tests/conftest.py."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .cluster import Cluster
+from .errors import HarnessUnavailable
+from .host import require_host
+
+ClusterFactory = Callable[..., Cluster]
+
+
+def require_or_skip() -> None:
+    """Skip the test when nodes cannot run here; fail loudly instead when CI=true."""
+    try:
+        require_host()
+    except HarnessUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            raise
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def cluster_factory() -> Iterator[ClusterFactory]:
+    """Return a function that boots a Cluster(n, **kwargs); all are torn down after the test."""
+    require_or_skip()
+    clusters: list[Cluster] = []
+
+    def factory(n: int = 1, **kwargs: Any) -> Cluster:
+        cluster = Cluster(n, **kwargs)
+        clusters.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield factory
+    errors = []
+    for cluster in reversed(clusters):
+        try:
+            cluster.close()
+        except Exception as exc:  # close the rest, then report
+            errors.append(exc)
+    if errors:
+        raise errors[0]
