@@ -12,7 +12,7 @@ CONFIG ?=
 # (llama-cpp-python alone takes minutes), so a fresh clone does not rebuild them.
 WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cairn/wheels
 SDISTS := llama-cpp-python pygobject pycairo systemd-python pydbus
-PIP := $(BIN)/pip install --quiet --constraint constraints.txt --find-links $(WHEELS)
+PIP := $(BIN)/pip install -qq --constraint constraints.txt --find-links $(WHEELS)
 
 RUN_APT := python3 python3-venv python3-dev build-essential cmake pkg-config \
   libsystemd-dev libcairo2-dev libgirepository1.0-dev gir1.2-glib-2.0
@@ -67,7 +67,7 @@ $(VENV)/bin/python: | apt-run
 
 $(WHEELS)/.built: constraints.txt | $(VENV)/bin/python
 	mkdir -p $(WHEELS)
-	$(BIN)/pip wheel --quiet --no-deps --constraint constraints.txt --find-links $(WHEELS) \
+	$(BIN)/pip wheel -qq --no-deps --constraint constraints.txt --find-links $(WHEELS) \
 	  --wheel-dir $(WHEELS) $(SDISTS)
 	touch $@
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import urllib.error
 import urllib.request
@@ -27,6 +28,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cairn import daemon, logs  # deferred: `cairn status` should not pay for the daemon
 
     logs.setup(cfg.log.level)
+    logging.getLogger(__name__).info(
+        "config: %s (%s)", args.config or "built-in standalone default", cfg.digest()
+    )
     return daemon.run(cfg)
 
 
@@ -54,6 +58,20 @@ def _fmt_bytes(n: float) -> str:
 def _table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _gpu_line(g: dict[str, Any]) -> str:
+    parts = [g["name"]]
+    if g["utilization_ratio"] is not None:
+        parts.append(f"{g['utilization_ratio'] * 100:.0f}% busy")
+    if g["memory_total_bytes"] is not None:
+        used, total = _fmt_bytes(g["memory_used_bytes"]), _fmt_bytes(g["memory_total_bytes"])
+        parts.append(f"{used} of {total}")
+    if g["temperature_celsius"] is not None:
+        parts.append(f"{g['temperature_celsius']:.0f} °C")
+    if g["power_watts"] is not None:
+        parts.append(f"{g['power_watts']:.0f} W")
+    return ", ".join(parts)
 
 
 def render_status(doc: dict[str, Any]) -> str:
@@ -91,7 +109,9 @@ def render_status(doc: dict[str, Any]) -> str:
                 f"{_fmt_bytes(disk['total_bytes'])} at {disk['path']}",
             ),
         ]
-        rows += [(f"gpu {g['index']}", f"{g['name']}") for g in probe["gpus"]] or [
+        temps = [t["celsius"] for t in probe["temperatures"]]
+        rows.append(("hottest", f"{max(temps):.0f} °C" if temps else "no sensors"))
+        rows += [(f"gpu {g['index']}", _gpu_line(g)) for g in probe["gpus"]] or [
             ("gpus", f"none ({probe['gpu_reason']})")
         ]
         out += ["Machine", _table(rows)]

@@ -1,0 +1,73 @@
+"""`cairn status` rendering of a document with GPUs, sensors and NixOS generations."""
+
+from __future__ import annotations
+
+import msgspec
+
+from cairn.cli import render_status
+from cairn.components import State, Status
+from cairn.daemon import Identity
+from cairn.generations import Generation, Generations
+from cairn.gpu import Gpu
+from cairn.probe import Cpu, Disk, Memory, Snapshot, Temperature
+from cairn.status.document import StatusDocument
+
+GIB = 1 << 30
+
+
+def document() -> dict:
+    snap = Snapshot(
+        taken_at=0.0,
+        duration_seconds=0.01,
+        cpu=Cpu(count=4, usage_ratio=[0.5, 0.0, 1.0, 0.25], isolated=[2, 3]),
+        load=[0.5, 0.4, 0.3],
+        memory=Memory(8 * GIB, 6 * GIB, 2 * GIB),
+        swap=Memory(0, 0, 0),
+        disk=Disk("/var/lib/cairn", 100 * GIB, 40 * GIB, 60 * GIB),
+        temperatures=[
+            Temperature("coretemp", "Core 0", 51.0, 80.0, 100.0),
+            Temperature("coretemp", "Core 1", 57.4, None, None),
+        ],
+        gpus=[
+            Gpu(0, "NVIDIA GeForce RTX 4070", "GPU-0", 0.37, GIB, 12 * GIB, 64.0, 115.2),
+            Gpu(1, "Tesla T4", None, None, None, None, None, None),
+        ],
+        gpu_reason="",
+    )
+    gens = Generations(
+        "/nix/store/b",
+        "/nix/store/a",
+        [
+            Generation(41, "/nix/store/a", "2026-11-20T10:00:00+00:00", False, True),
+            Generation(42, "/nix/store/b", "2026-11-21T10:00:00+00:00", True, False),
+        ],
+    )
+    doc = StatusDocument(
+        node=Identity("ws", "rtx4070-workstation", None, None),
+        version="0.1.0",
+        started_at=0.0,
+        uptime_seconds=3600.0,
+        config_digest="sha256:" + "ab" * 32,
+        ready=False,
+        components={"api": Status(State.READY), "probe": Status(State.DEGRADED, "boom")},
+        probe=snap,
+        generation=gens,
+        generation_reason="",
+    )
+    return msgspec.to_builtins(doc)
+
+
+def test_renders_every_section() -> None:
+    out = render_status(document())
+    lines = out.splitlines()
+    assert lines[0] == "Node ws (rtx4070-workstation)  cairn 0.1.0  NOT READY"
+    assert "  probe  degraded (boom)" in lines
+    assert any(line.split() == ["cpu", "4", "cores:", "50%", "0%", "100%", "25%"] for line in lines)
+    assert any(line.split() == ["isolated", "2,3"] for line in lines)
+    assert any(line.split()[:3] == ["hottest", "57", "°C"] for line in lines)
+    gpu0 = next(line for line in lines if line.strip().startswith("gpu 0"))
+    assert gpu0.endswith("NVIDIA GeForce RTX 4070, 37% busy, 1.0 GiB of 12.0 GiB, 64 °C, 115 W")
+    gpu1 = next(line for line in lines if line.strip().startswith("gpu 1"))
+    assert gpu1.endswith("Tesla T4")
+    assert any(line.split() == ["system-41", "booted"] for line in lines)
+    assert any(line.split() == ["system-42", "current"] for line in lines)
