@@ -54,7 +54,8 @@ def document() -> dict:
         generation=gens,
         generation_reason="",
     )
-    return msgspec.to_builtins(doc)
+    out: dict = msgspec.to_builtins(doc)
+    return out
 
 
 def test_renders_every_section() -> None:
