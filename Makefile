@@ -10,13 +10,16 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 CONFIG ?=
 # Wheels of the dependencies PyPI ships only as source, built once per machine
 # (llama-cpp-python alone takes minutes), so a fresh clone does not rebuild them.
-WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cairn/wheels
+# They are built for this CPU (-march=native), so the cache is keyed by its instruction flags.
+CPU_KEY := $(shell grep -m1 '^flags' /proc/cpuinfo | md5sum | cut -c1-12)
+WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cairn/wheels/$(CPU_KEY)
 SDISTS := llama-cpp-python pygobject pycairo systemd-python pydbus
 PIP := $(BIN)/pip install -qq --constraint constraints.txt --find-links $(WHEELS)
 
 RUN_APT := python3 python3-venv python3-dev build-essential cmake pkg-config \
   libsystemd-dev libcairo2-dev libgirepository1.0-dev gir1.2-glib-2.0
-TEST_APT := chromium systemd-container debootstrap iproute2 nftables dbus
+TEST_APT := chromium systemd-container debootstrap iproute2 nftables dbus \
+  nix-bin qemu-system-x86 ipxe-qemu busybox-static cpio dnsmasq-base
 
 # Install the Debian packages in $(1) that are missing; apt-get runs only when needed.
 define apt_ensure
@@ -25,6 +28,9 @@ define apt_ensure
 	done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
+	  if [ -n "$(SUDO)" ] && ! command -v sudo >/dev/null; then \
+	    echo "error: not root and no sudo; install these as root first: $$missing" >&2; exit 1; \
+	  fi; \
 	  $(SUDO) apt-get update -qq; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
@@ -33,7 +39,7 @@ endef
 .PHONY: run test lint typecheck unit integration bench-footprint apt-run apt-test clean
 
 run: $(VENV)/.run-installed
-	@echo "Cairn standalone node on http://127.0.0.1:8470/ (dashboard; /status, /metrics). Ctrl-C stops it."
+	@echo "Starting a Cairn node; it logs its URL (default http://127.0.0.1:8470/). Ctrl-C stops it."
 	$(BIN)/cairn run $(if $(CONFIG),--config $(CONFIG))
 
 test: $(VENV)/.test-installed apt-test lint typecheck

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -22,8 +23,26 @@ def _load(path: str | None) -> config.Config:
     return config.load(path) if path else config.standalone_default()
 
 
+class _StopEarly(Exception):
+    """SIGTERM arrived before the event loop took over signal handling."""
+
+
+def _stop_early(signum: int, frame: object) -> None:
+    raise _StopEarly
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Start the supervisor in the foreground."""
+    # Until the loop installs its handlers, SIGTERM/SIGINT still mean a clean exit 0.
+    signal.signal(signal.SIGTERM, _stop_early)
+    signal.signal(signal.SIGINT, _stop_early)
+    try:
+        return _run(args)
+    except _StopEarly:
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)  # validated before anything starts
     from cairn import daemon, logs  # deferred: `cairn status` should not pay for the daemon
 
@@ -48,11 +67,11 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 
 def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError("unreachable")
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:.1f} {units[i]}" if i else f"{int(n)} B"
 
 
 def _table(rows: list[tuple[str, str]]) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+import msgspec.inspect
 
 from cairn.errors import ConfigError
 
@@ -20,7 +21,16 @@ SCHEMA_VERSION = 1
 DEFAULT_PORT = 8470
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="TCP port")]
-Seconds = Annotated[float, msgspec.Meta(gt=0, description="a duration in seconds")]
+# A hostname or an IPv4/IPv6 address; never empty (an empty host would bind every interface).
+Host = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$",
+        min_length=1,
+        description="an IP address or hostname to bind",
+    ),
+]
+AbsPath = Annotated[str, msgspec.Meta(pattern=r"^/")]
 
 
 class LogLevel(enum.StrEnum):
@@ -37,7 +47,11 @@ def _default_state_dir() -> str:
     if env := os.environ.get("STATE_DIRECTORY"):
         return env.split(":")[0]
     xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return str(Path(xdg) / "cairn")
+    return str(Path(xdg).absolute() / "cairn")
+
+
+def _default_name() -> str:
+    return socket.gethostname().split(".")[0] or "localhost"
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -47,22 +61,40 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 class NodeConfig(_Section, frozen=True):
     """Identity and local storage of this node."""
 
-    name: str = msgspec.field(default_factory=socket.gethostname)
-    state_dir: str = msgspec.field(default_factory=_default_state_dir)
+    name: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+            description="a name of letters, digits, '.', '_' or '-', at most 63 characters;"
+            " default: the hostname",
+        ),
+    ] = msgspec.field(default_factory=_default_name)
+    state_dir: Annotated[
+        AbsPath,
+        msgspec.Meta(
+            description="an absolute path, the state directory;"
+            " default: $STATE_DIRECTORY, else the XDG state home"
+        ),
+    ] = msgspec.field(default_factory=_default_state_dir)
 
 
 class ApiConfig(_Section, frozen=True):
     """Where the HTTP API and status endpoint listen."""
 
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: Port = DEFAULT_PORT
 
 
 class ProbeConfig(_Section, frozen=True):
     """How often the node probe samples the machine."""
 
-    interval: Annotated[float, msgspec.Meta(ge=0.5, le=3600)] = 5.0
-    nix_profiles: str = "/nix/var/nix/profiles"
+    interval: Annotated[
+        float, msgspec.Meta(ge=0.5, le=3600, description="seconds between probe rounds")
+    ] = 5.0
+    nix_profiles: Annotated[
+        AbsPath,
+        msgspec.Meta(description="an absolute path, where NixOS keeps its system-N-link profiles"),
+    ] = "/nix/var/nix/profiles"
 
 
 class LogConfig(_Section, frozen=True):
@@ -74,7 +106,10 @@ class LogConfig(_Section, frozen=True):
 class Config(_Section, frozen=True):
     """The whole supervisor configuration."""
 
-    version: Annotated[int, msgspec.Meta(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]
+    version: Annotated[
+        int,
+        msgspec.Meta(ge=SCHEMA_VERSION, le=SCHEMA_VERSION, description="config schema version"),
+    ]
     node: NodeConfig = msgspec.field(default_factory=NodeConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     probe: ProbeConfig = msgspec.field(default_factory=ProbeConfig)
@@ -104,8 +139,21 @@ def _translate(err: msgspec.ValidationError, source: str) -> ConfigError:
     for pattern, problem in ((_UNKNOWN, "unknown key"), (_MISSING, "required key is missing")):
         if km := pattern.match(msg):
             return ConfigError(".".join(p for p in (path, km["key"]) if p), problem, source)
+    if "matching regex" in msg:  # the regex itself means little to a person; say what fits
+        return ConfigError(path, f"expected {_description(path)}", source)
     problem = msg[0].lower() + msg[1:] if msg else "invalid value"
     return ConfigError(path or "(root)", problem, source)
+
+
+def _description(path: str) -> str:
+    """The schema description of the field at a dotted path."""
+    info: Any = msgspec.inspect.type_info(Config)
+    for part in path.split("."):
+        while isinstance(info, msgspec.inspect.Metadata):
+            info = info.type
+        info = next(f for f in info.fields if f.encode_name == part).type
+    extra = info.extra_json_schema if isinstance(info, msgspec.inspect.Metadata) else None
+    return str((extra or {}).get("description", "a valid value"))
 
 
 def from_mapping(data: Any, source: str = "") -> Config:
@@ -125,6 +173,8 @@ def load(path: str | Path) -> Config:
         text = p.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError("(file)", f"cannot read: {err.strerror}", str(p)) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError("(file)", f"not UTF-8 text: {err.reason}", str(p)) from None
     try:
         if p.suffix == ".json":
             data = json.loads(text)

@@ -6,40 +6,28 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
-import msgspec
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from cairn import __version__
+from cairn.background import run_in_daemon_thread
 from cairn.components import Components, State
 from cairn.config import Config
 from cairn.generations import Generations
+from cairn.identity import of_this_machine
 from cairn.probe import Probe, Snapshot
 from cairn.sdnotify import Notifier
+from cairn.status.app import create_app
 
 log = logging.getLogger(__name__)
+Sample = tuple[Snapshot, tuple[Generations | None, str]]
 
 SHUTDOWN_GRACE_S = 3.0  # in-flight HTTP requests get this long; the whole stop stays under 5 s
-
-
-class Identity(msgspec.Struct, frozen=True):
-    """Who this node is."""
-
-    name: str
-    hostname: str
-    boot_id: str | None
-    machine_id: str | None
-
-
-def _read_id(path: str) -> str | None:
-    try:
-        return Path(path).read_text().strip() or None
-    except OSError:
-        return None
+FIRST_PROBE_MAX_S = 1.0  # the first round comes soon, whatever the interval: readiness waits on it
 
 
 class Supervisor:
@@ -49,12 +37,7 @@ class Supervisor:
         self.config = config
         self.config_digest = config.digest()
         self.version = __version__
-        self.identity = Identity(
-            name=config.node.name,
-            hostname=socket.gethostname(),
-            boot_id=_read_id("/proc/sys/kernel/random/boot_id"),
-            machine_id=_read_id("/etc/machine-id"),
-        )
+        self.identity = of_this_machine(config.node.name)
         self.notifier = notifier or Notifier()
         self.components = Components()
         self.state_dir = Path(config.node.state_dir)
@@ -66,26 +49,45 @@ class Supervisor:
         self.probe_failures = 0
         self.started_at = time.time()
         self._started_mono = time.monotonic()
+        self._inflight: asyncio.Future[tuple[Snapshot, tuple[Generations | None, str]]] | None = (
+            None
+        )
+        self._inflight_since = 0.0
 
     def uptime(self) -> float:
         """Seconds since the daemon started."""
         return time.monotonic() - self._started_mono
 
+    def _sample(self) -> Sample:
+        return self.probe.sample(), self.probe.generation()
+
     async def probe_once(self) -> None:
-        """Take one snapshot off the loop and publish it; a failure degrades, never crashes."""
+        """Take one snapshot off the loop and publish it; a failing or hung probe degrades."""
+        interval = self.config.probe.interval
+        if self._inflight is not None and not self._inflight.done():
+            stuck = time.monotonic() - self._inflight_since
+            self.components.set("probe", State.DEGRADED, f"probe stuck for {stuck:.0f} s")
+            self._announce()
+            return
+        self._inflight = run_in_daemon_thread(self._sample, "cairn-probe")
+        # A round that outlives its wait still settles later; retrieve its outcome so an
+        # exception there is not reported as never retrieved.
+        self._inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._inflight_since = time.monotonic()
+        self.probe_runs += 1
         try:
-            snap = await asyncio.to_thread(self.probe.sample)
-            self.generation, self.generation_reason = await asyncio.to_thread(self.probe.generation)
+            snap, (gen, reason) = await asyncio.wait_for(asyncio.shield(self._inflight), interval)
+        except TimeoutError:
+            log.warning("probe did not finish within %.1f s", interval)
+            self.components.set("probe", State.DEGRADED, f"probe slower than {interval:g} s")
         except Exception as err:  # a probe bug must not take the daemon down
             self.probe_failures += 1
             log.exception("probe failed")
             self.components.set("probe", State.DEGRADED, f"last probe failed: {err}")
         else:
-            self.snapshot = snap
+            self.snapshot, self.generation, self.generation_reason = snap, gen, reason
             self.components.set("probe", State.READY)
-        finally:
-            self.probe_runs += 1
-            self._announce()
+        self._announce()
 
     def _announce(self) -> None:
         waiting = sorted(self.components.not_ready())
@@ -94,35 +96,35 @@ class Supervisor:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then shut down cleanly."""
-        from cairn.status.app import create_app  # imported here: the app imports this module
-
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.components.set("api", State.STARTING, "binding")
         self.components.set("probe", State.STARTING, "waiting for the first sample")
-        self.probe.start()
-
         runner = web.AppRunner(create_app(self), shutdown_timeout=SHUTDOWN_GRACE_S)
-        await runner.setup()
-        api = self.config.api
-        site = web.TCPSite(runner, api.host, api.port, reuse_address=True)
         scheduler = AsyncIOScheduler()
         watchdog: asyncio.Task[None] | None = None
+        probe_started = False
         try:
-            await site.start()
+            # NVML's init can take seconds on a GPU host without the persistence daemon.
+            await run_in_daemon_thread(self._prepare, "cairn-start")
+            probe_started = True
+            await runner.setup()
+            api = self.config.api
+            await web.TCPSite(runner, api.host, api.port, reuse_address=True).start()
             self.components.set("api", State.READY)
             log.info("serving on http://%s:%d/", api.host, api.port)
-            # The first CPU reading needs one interval since start() primed the counters.
+            first = min(self.config.probe.interval, FIRST_PROBE_MAX_S)
             scheduler.add_job(
                 self.probe_once,
                 "interval",
                 seconds=self.config.probe.interval,
+                next_run_time=datetime.now().astimezone() + timedelta(seconds=first),
                 id="probe",
                 max_instances=1,
                 coalesce=True,
             )
             scheduler.start()
-            self.notifier.send("READY=1\nSTATUS=waiting for probe")
-            watchdog = asyncio.create_task(self.notifier.watchdog())
+            if not stop.is_set():
+                self.notifier.send("READY=1\nSTATUS=waiting for probe")
+                watchdog = asyncio.create_task(self.notifier.watchdog())
             await stop.wait()
         finally:
             log.info("shutting down")
@@ -134,8 +136,21 @@ class Supervisor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watchdog
             await runner.cleanup()
-            self.probe.stop()
+            if probe_started:
+                self._release_probe()
             log.info("stopped")
+
+    def _prepare(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.probe.start()
+
+    def _release_probe(self) -> None:
+        # A probe thread stuck inside NVML must not see the library shut down under it;
+        # the process is about to exit, which releases NVML anyway.
+        if self._inflight is None or self._inflight.done():
+            self.probe.stop()
+        else:
+            log.warning("a probe is still running; leaving NVML to process exit")
 
 
 def run(config: Config) -> int:

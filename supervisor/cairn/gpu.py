@@ -56,7 +56,7 @@ class Nvml:
                 log.warning("nvmlShutdown failed: %s", err)
 
     def sample(self) -> tuple[list[Gpu], str]:
-        """One reading of every GPU; ([], reason) when there is no driver or no GPU."""
+        """One reading of every GPU it can read, and what went wrong ("" when nothing did)."""
         if not self._ready or self._nvml is None:
             return [], self.reason or "NVML not started"
         nv = self._nvml
@@ -66,7 +66,13 @@ class Nvml:
             return [], f"NVML error: {err}"
         if count == 0:
             return [], "NVML found no GPU"
-        return [self._one(nv, i) for i in range(count)], ""
+        gpus, problems = [], []
+        for i in range(count):
+            try:
+                gpus.append(self._one(nv, i))
+            except Exception as err:  # one lost board must not hide the others
+                problems.append(f"GPU {i}: {err}")
+        return gpus, "; ".join(problems)
 
     @staticmethod
     def _one(nv: Any, index: int) -> Gpu:

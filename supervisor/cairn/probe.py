@@ -108,10 +108,15 @@ def busy_ratios(before: list[Any], after: list[Any]) -> list[float]:
         return [0.0] * len(after)
     out = []
     for a, b in zip(before, after, strict=True):
-        total = sum(b) - sum(a)
+        # /proc/stat counts guest time inside user time too; psutil lists both.
+        total = (sum(b) - _guest(b)) - (sum(a) - _guest(a))
         idle = (b.idle + getattr(b, "iowait", 0.0)) - (a.idle + getattr(a, "iowait", 0.0))
         out.append(min(1.0, max(0.0, 1.0 - idle / total)) if total > 0 else 0.0)
     return out
+
+
+def _guest(t: Any) -> float:
+    return float(getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0))
 
 
 class Probe:

@@ -50,7 +50,8 @@ def test_status_matches_the_openapi_schema(start_node: Callable[..., Node]) -> N
     assert set(doc["components"]) == {"api", "probe"}
     assert doc["probe"]["cpu"]["count"] >= 1
     assert doc["generation"] is None and "not a NixOS system" in doc["generation_reason"]
-    assert doc["probe"]["gpus"] == [] and doc["probe"]["gpu_reason"]
+    # A GPU machine lists its boards; any other says why there are none.
+    assert doc["probe"]["gpus"] or doc["probe"]["gpu_reason"].startswith("NVML")
 
 
 def test_openapi_document_is_served_and_lists_every_route(start_node: Callable[..., Node]) -> None:

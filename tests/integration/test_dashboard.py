@@ -87,7 +87,11 @@ def test_dashboard_renders_status_tables(start_node: Callable[..., Node], tmp_pa
     assert {r[0]: r[1] for r in tables["components"]} == {"api": "ready", "probe": "ready"}
     assert len(tables["cpu"]) == len(node.get("/status").json()["probe"]["cpu"]["usage_ratio"])
     assert [r[0] for r in tables["memory"]][:2] == ["Memory", "Swap"]
-    assert tables["gpus"][0][0].startswith("no GPU: NVML")
+    gpus = node.get("/status").json()["probe"]["gpus"]
+    if gpus:
+        assert [r[1] for r in tables["gpus"]] == [g["name"] for g in gpus]
+    else:
+        assert tables["gpus"][0][0].startswith("no GPU: NVML")
     assert tables["generations"][0][0].startswith("unavailable: ")
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

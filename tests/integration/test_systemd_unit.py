@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from typing import Any
 
 from tests.conftest import CAIRN_BIN
 from tests.harness import wait_until
 
+WATCHDOG_SEC = 3
 UNIT = f"""\
 [Unit]
 Description=Cairn supervisor (integration test)
@@ -17,7 +19,7 @@ Description=Cairn supervisor (integration test)
 Type=notify
 NotifyAccess=main
 ExecStart={CAIRN_BIN} run --config /etc/cairn/cairn.json
-WatchdogSec=3
+WatchdogSec={WATCHDOG_SEC}
 Restart=on-failure
 RestartSec=1
 StateDirectory=cairn
@@ -55,6 +57,11 @@ def test_reaches_active_via_notify_and_logs_to_journald(cluster_factory) -> None
 def test_watchdog_restarts_a_blocked_daemon(cluster_factory) -> None:
     node, unit = boot(cluster_factory)
     first_pid, restarts = unit.MainPID, unit.NRestarts
+    # First the daemon must keep the watchdog fed: two full WatchdogSec=3 periods, no restart.
+    deadline = time.monotonic() + 2 * WATCHDOG_SEC + 1
+    while time.monotonic() < deadline:
+        assert (unit.MainPID, unit.NRestarts, unit.ActiveState) == (first_pid, restarts, "active")
+        time.sleep(0.25)  # sampling the unit's state across the window under test
     # Freeze the daemon: its event loop stops pinging WATCHDOG=1.
     node.systemd.KillUnit("cairn.service", "main", signal.SIGSTOP)
     wait_until(

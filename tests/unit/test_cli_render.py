@@ -6,9 +6,9 @@ import msgspec
 
 from cairn.cli import render_status
 from cairn.components import State, Status
-from cairn.daemon import Identity
 from cairn.generations import Generation, Generations
 from cairn.gpu import Gpu
+from cairn.identity import Identity
 from cairn.probe import Cpu, Disk, Memory, Snapshot, Temperature
 from cairn.status.document import StatusDocument
 

@@ -37,3 +37,21 @@ def test_lists_profiles_in_order_with_current_and_booted(tmp_path: Path) -> None
 def test_not_nixos_is_none_with_reason(tmp_path: Path) -> None:
     gens, reason = generations.read(tmp_path / "nope", tmp_path)
     assert gens is None and "not a NixOS system" in reason
+
+
+def test_nix_on_another_distro_is_not_nixos(tmp_path: Path) -> None:
+    profiles, run = make_tree(tmp_path)
+    (run / "current-system").unlink()  # Debian with nix-bin: profiles exist, no NixOS system
+    gens, reason = generations.read(profiles, run)
+    assert gens is None and "not a NixOS system" in reason
+
+
+def test_only_the_selected_generation_is_current(tmp_path: Path) -> None:
+    profiles, run = make_tree(tmp_path)
+    # Roll back to 1, then switch to a 4th generation that reuses 3's store path.
+    (profiles / "system-4-link").symlink_to(tmp_path / "store" / "nixos-system-3")
+    (profiles / "system").unlink()
+    (profiles / "system").symlink_to("system-4-link")
+    gens, _ = generations.read(profiles, run)
+    assert gens is not None
+    assert [g.number for g in gens.profiles if g.current] == [4]

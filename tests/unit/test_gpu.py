@@ -104,3 +104,17 @@ def test_stop_shuts_nvml_down_once() -> None:
     nv.stop()
     nv.stop()
     assert fake.shut
+
+
+def test_a_lost_gpu_does_not_hide_the_others() -> None:
+    class OneLost(FakeNvml):
+        def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+            if i == 1:
+                raise NotSupported("GPU is lost")
+            return i
+
+    nv = Nvml(OneLost())
+    nv.start()
+    gpus, reason = nv.sample()
+    assert [g.index for g in gpus] == [0]
+    assert reason == "GPU 1: GPU is lost"

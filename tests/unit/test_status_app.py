@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
+import time
+from importlib import resources
 from pathlib import Path
 
+import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from cairn import config
-from cairn.components import State
+from cairn import config, generations, probe
+from cairn.components import State, Status
 from cairn.daemon import Supervisor
+from cairn.gpu import Gpu
+from cairn.identity import Identity
 from cairn.status.app import create_app
+from cairn.status.document import StatusDocument
+from tests.conftest import free_port
 
 
 @pytest.fixture
@@ -76,3 +86,58 @@ async def test_successful_probe_makes_the_node_ready(aiohttp_client, sup: Superv
     doc = await (await client.get("/status")).json()
     assert doc["probe"]["disk"]["path"] == sup.config.node.state_dir
     assert doc["generation"] is None
+
+
+OPENAPI = json.loads(resources.files("cairn.status").joinpath("openapi.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("schema", "struct"),
+    [
+        ("Status", StatusDocument),
+        ("Identity", Identity),
+        ("Snapshot", probe.Snapshot),
+        ("Cpu", probe.Cpu),
+        ("Memory", probe.Memory),
+        ("Disk", probe.Disk),
+        ("Temperature", probe.Temperature),
+        ("Gpu", Gpu),
+        ("Generation", generations.Generation),
+        ("Generations", generations.Generations),
+        ("ComponentStatus", Status),
+    ],
+)
+def test_openapi_schema_lists_exactly_the_struct_fields(
+    schema: str, struct: type[msgspec.Struct]
+) -> None:
+    spec = OPENAPI["components"]["schemas"][schema]
+    assert set(spec["properties"]) == set(struct.__struct_fields__)
+    assert set(spec["required"]) == set(struct.__struct_fields__)
+    assert spec["additionalProperties"] is False
+
+
+async def test_a_hung_probe_degrades_and_does_not_block_shutdown(
+    sup: Supervisor, monkeypatch
+) -> None:
+    release = threading.Event()
+    monkeypatch.setattr(sup.probe, "sample", lambda: release.wait(60))
+    sup.config = config.from_mapping(
+        {
+            "version": 1,
+            "node": {"state_dir": sup.config.node.state_dir},
+            "api": {"port": free_port()},
+            "probe": {"interval": 0.5, "nix_profiles": "/nonexistent"},
+        }
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(sup.run(stop))
+    deadline = time.monotonic() + 10
+    while sup.components.snapshot()["probe"].state is not State.DEGRADED:
+        assert time.monotonic() < deadline, sup.components.snapshot()
+        await asyncio.sleep(0.05)
+    assert "probe" in sup.components.not_ready()
+    stopped_at = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert time.monotonic() - stopped_at < 5
+    release.set()

@@ -91,20 +91,14 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def openapi(request: web.Request) -> web.Response:
-    """The OpenAPI description of this API."""
-    return web.Response(
-        body=_ASSETS.joinpath("openapi.json").read_bytes(), content_type="application/json"
-    )
+def _static(name: str, content_type: str) -> Handler:
+    """A handler for a packaged file, read once when the app is built."""
+    body = _ASSETS.joinpath(name).read_bytes()
 
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type)
 
-async def dashboard(request: web.Request) -> web.Response:
-    """The self-refreshing HTML dashboard."""
-    return web.Response(
-        body=_ASSETS.joinpath("dashboard.html").read_bytes(),
-        content_type="text/html",
-        charset="utf-8",
-    )
+    return handler
 
 
 def create_app(sup: Supervisor) -> web.Application:
@@ -112,10 +106,10 @@ def create_app(sup: Supervisor) -> web.Application:
     app = web.Application(middlewares=[errors_as_json])
     app[SUPERVISOR] = sup
     app[METRICS] = Metrics(sup)
-    app.router.add_get("/", dashboard)
+    app.router.add_get("/", _static("dashboard.html", "text/html"))
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/openapi.json", _static("openapi.json", "application/json"))
     return app

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from cairn.components import Status
-from cairn.daemon import Identity
 from cairn.generations import Generations
+from cairn.identity import Identity
 from cairn.probe import Snapshot
 
 if TYPE_CHECKING:

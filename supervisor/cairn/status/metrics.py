@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -26,9 +33,6 @@ class NodeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Yield one family per quantity."""
         sup = self.sup
-        up = _gauge("uptime_seconds", "Seconds since the supervisor started.")
-        up.add_metric([], sup.uptime())
-        yield up
         ready = _gauge("component_ready", "1 when the component is ready, else 0.", ["component"])
         for name, st in sup.components.snapshot().items():
             ready.add_metric([name], 1.0 if st.state == "ready" else 0.0)
@@ -40,11 +44,12 @@ class NodeCollector(Collector):
         fails.add_metric([], sup.probe_failures)
         yield fails
         yield from self._snapshot()
-        gen = _gauge("nixos_generation", "Number of the current NixOS generation.")
-        if sup.generation is not None:
-            for g in sup.generation.profiles:
-                if g.current:
-                    gen.add_metric([], g.number)
+        gen = _gauge(
+            "nixos_generation", "Number of the NixOS generation the system profile selects."
+        )
+        current = [g.number for g in sup.generation.profiles if g.current] if sup.generation else []
+        if current:
+            gen.add_metric([], current[0])
         yield gen
 
     def _snapshot(self) -> Iterator[Metric]:
@@ -100,6 +105,10 @@ class NodeCollector(Collector):
                 if value is not None:
                     g.add_metric([str(gpu.index), gpu.name], float(value))
             yield g
+
+
+# `_created` series double every counter and no dashboard of ours reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
