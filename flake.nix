@@ -4,7 +4,160 @@
 
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
-  # Outputs (packages, nixosModules, nixosConfigurations, checks, formatter) are built by the
-  # Nix flake work that follows the foundation; until then the supervisor runs with `make run`.
-  outputs = _: { };
+  outputs =
+    { self, nixpkgs }:
+    let
+      system = "x86_64-linux";
+      inherit (nixpkgs) lib;
+
+      pkgs = nixpkgs.legacyPackages.${system};
+      # CUDA and the NVIDIA driver are unfree; the same config as the workstation system, so
+      # `nix build .#cairn-cuda` and the workstation share one store path.
+      pkgsCuda = import nixpkgs {
+        inherit system;
+        config = import ./hosts/rtx4070-workstation/nixpkgs-config.nix;
+      };
+
+      cairnLib = import ./modules/lib;
+
+      mkSystem =
+        modules:
+        lib.nixosSystem {
+          modules = [
+            { nixpkgs.hostPlatform = system; }
+            self.nixosModules.default
+          ]
+          ++ modules;
+        };
+
+      # Netbooted variants of the host classes the PXE server serves.
+      netboot = {
+        legacy-node = self.nixosConfigurations.legacy-node;
+        rtx4070-workstation = mkSystem [
+          ./hosts/rtx4070-workstation
+          ./images/netboot.nix
+        ];
+      };
+
+      testArgs = {
+        inherit pkgs self;
+      };
+    in
+    {
+      nixosModules = {
+        default = ./modules;
+        appliance = ./modules/appliance.nix;
+        tuning = ./modules/tuning.nix;
+        supervisor = ./modules/supervisor.nix;
+        pxe-server = ./pxe/server.nix;
+      };
+
+      nixosConfigurations = {
+        # Netboot only: `nix build .#netboot-legacy-node`, served by the PXE server.
+        legacy-node = mkSystem [ ./hosts/legacy-node ];
+        # Installed: `nixos-rebuild switch --flake .#rtx4070-workstation`.
+        rtx4070-workstation = mkSystem [
+          ./hosts/rtx4070-workstation
+          ./hosts/rtx4070-workstation/installed.nix
+        ];
+        pxe-server = mkSystem [
+          ./hosts/pxe-server
+          ./hosts/pxe-server/installed.nix
+          { cairn.pxe.classes = lib.mapAttrs (_: sys: sys.config.system.build.cairnNetboot) netboot; }
+        ];
+      };
+
+      packages.${system} = {
+        # Portable: runs on every node, legacy ones included.
+        cairn = pkgs.callPackage ./modules/packages/cairn.nix { };
+        cairn-cuda = pkgsCuda.callPackage ./modules/packages/cairn.nix { llamaVariant = "cuda"; };
+        default = self.packages.${system}.cairn;
+
+        netboot-legacy-node = netboot.legacy-node.config.system.build.netbootTree;
+        netboot-rtx4070-workstation = netboot.rtx4070-workstation.config.system.build.netbootTree;
+        # What the PXE server publishes: entry.ipxe, boot/*.ipxe and both class trees.
+        pxe-tree = self.nixosConfigurations.pxe-server.config.cairn.pxe.tree;
+
+        # docs/options.md from the module options: `nix build .#options-md && cp result docs/options.md`.
+        options-md =
+          let
+            inherit (mkSystem [ { system.stateVersion = "26.05"; } ]) options;
+          in
+          (pkgs.nixosOptionsDoc {
+            options = {
+              inherit (options) cairn;
+              services = { inherit (options.services) cairn; };
+            };
+            # Store paths of the declaring files would make the document differ on every change.
+            transformOptions = opt: opt // { declarations = [ ]; };
+          }).optionsCommonMark;
+      };
+
+      checks.${system} =
+        let
+          toplevels = lib.mapAttrs' (
+            name: sys: lib.nameValuePair "host-${name}" sys.config.system.build.toplevel
+          ) self.nixosConfigurations;
+
+          # The pure-Nix cases of tests/nix (what `make test` runs with nix-instantiate),
+          # evaluated here with builtins.tryEval. A throw case is checked for throwing; its
+          # message is checked by the pytest runner, which reads stderr.
+          nixCaseFiles = lib.filter (n: lib.hasPrefix "test_" n && lib.hasSuffix ".nix" n) (
+            lib.attrNames (builtins.readDir ./tests/nix)
+          );
+          nixCases = lib.concatMap (f: import ./tests/nix/run.nix (./tests/nix + "/${f}")) nixCaseFiles;
+          failed = lib.filter (
+            r: if r.kind == "value" then r.threw || r.value != r.expected else !r.threw
+          ) nixCases;
+        in
+        toplevels
+        // {
+          # The Python unit suite runs in the package's checkPhase.
+          cairn = self.packages.${system}.cairn;
+
+          nix-lib = pkgs.runCommand "cairn-nix-lib-cases" { } (
+            if failed == [ ] then
+              ''
+                echo "${toString (lib.length nixCases)} pure-Nix cases passed" > $out
+              ''
+            else
+              ''
+                echo "pure-Nix cases failed:" >&2
+                ${lib.concatMapStringsSep "\n" (r: "echo ${lib.escapeShellArg "  ${r.name}"} >&2") failed}
+                exit 1
+              ''
+          );
+
+          # docs/options.md must match the modules' options.
+          options-doc = pkgs.runCommand "cairn-options-doc-fresh" { } (
+            if builtins.pathExists ./docs/options.md then
+              ''
+                if ! diff -u ${./docs/options.md} ${self.packages.${system}.options-md}; then
+                  echo "docs/options.md is stale: nix build .#options-md && cp result docs/options.md" >&2
+                  exit 1
+                fi
+                touch $out
+              ''
+            else
+              ''
+                echo "docs/options.md is missing: nix build .#options-md && cp result docs/options.md" >&2
+                exit 1
+              ''
+          );
+
+          vm-node = import ./tests/nixos/node.nix testArgs;
+          vm-netboot = import ./tests/nixos/netboot.nix testArgs;
+        };
+
+      formatter.${system} = pkgs.nixfmt;
+
+      # Python with the supervisor's dependencies, and the formatter.
+      devShells.${system}.default = pkgs.mkShell {
+        packages = [ pkgs.nixfmt ];
+        inputsFrom = [ self.packages.${system}.cairn ];
+      };
+
+      # The pure helpers of modules/lib (CPU lists, MAC maps, iPXE and dnsmasq renderers).
+      lib = cairnLib;
+    };
 }

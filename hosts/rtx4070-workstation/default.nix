@@ -1,0 +1,37 @@
+# RTX 4070 workstation class: 20 cores, cores 2-5,12-15 isolated for inference, CUDA llama build.
+{ lib, pkgs, ... }:
+{
+  networking.hostName = lib.mkDefault "rtx4070";
+  nixpkgs.config = import ./nixpkgs-config.nix;
+
+  cairn.appliance.enable = true;
+
+  # Two physical cores and their hyperthread siblings (2-5, 12-15) for inference; 0-1, 6-11 and
+  # 16-19 keep the kernel, interrupts, the supervisor and the GPU driver threads.
+  cairn.tuning = {
+    enable = true;
+    cpuCount = 20;
+    isolatedCores = "2-5,12-15";
+  };
+
+  # Loads the NVIDIA driver; no X server is enabled by this.
+  services.xserver.videoDrivers = [ "nvidia" ];
+  hardware.nvidia = {
+    # Ada Lovelace is supported by, and recommended with, the open kernel modules.
+    open = true;
+    nvidiaSettings = false; # a GUI tool; this host is headless
+    nvidiaPersistenced = true; # keep the GPU initialized with no display attached
+  };
+  # /run/opengl-driver/lib: where CUDA programs find libcuda.so.
+  hardware.graphics.enable = true;
+
+  services.cairn = {
+    enable = true;
+    package = pkgs.callPackage ../../modules/packages/cairn.nix { llamaVariant = "cuda"; };
+    settings = import ./settings.nix;
+    # settings.nix listens on the LAN so peers can route requests here.
+    openFirewall = true;
+  };
+
+  system.stateVersion = "26.05";
+}

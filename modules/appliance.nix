@@ -1,0 +1,195 @@
+# Headless appliance defaults: serial console, hardware watchdog, no emergency shell, SSH keys only.
+{
+  config,
+  lib,
+  options,
+  ...
+}:
+let
+  inherit (lib)
+    mkDefault
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    optional
+    types
+    ;
+
+  cfg = config.cairn.appliance;
+
+  journalLimits = {
+    SystemMaxUse = cfg.journalMaxUse;
+    RuntimeMaxUse = cfg.journalMaxUse;
+    MaxRetentionSec = "1month";
+  };
+in
+{
+  options.cairn.appliance = {
+    enable = mkEnableOption "Cairn's headless appliance defaults";
+
+    serialConsole = mkOption {
+      type = types.nullOr types.str;
+      default = "ttyS0,115200";
+      example = "ttyS1,115200";
+      description = ''
+        Serial console for kernel messages and a login prompt (the last `console=` is
+        /dev/console). `null` keeps only the screen.
+      '';
+    };
+
+    watchdogSec = mkOption {
+      type = types.str;
+      default = "30s";
+      example = "1min";
+      description = ''
+        systemd's `RuntimeWatchdogSec=`: PID 1 pets the hardware watchdog (`/dev/watchdog`)
+        at half this interval, and a hung machine is reset by the board. Without a hardware
+        watchdog systemd logs that none is present and carries on.
+      '';
+    };
+
+    maxGenerations = mkOption {
+      type = types.ints.positive;
+      default = 5;
+      example = 10;
+      description = "Boot entries kept by the boot loader (GRUB or systemd-boot).";
+    };
+
+    journalMaxUse = mkOption {
+      type = types.str;
+      default = "256M";
+      example = "64M";
+      description = ''
+        Cap on the journal, persistent and volatile. Netbooted nodes keep /var in RAM, so
+        their host class sets this lower.
+      '';
+    };
+
+    sshKeys = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... admin@example" ];
+      description = ''
+        Public keys allowed to log in as root over SSH. Password and keyboard-interactive
+        logins are off. Public keys are not secrets, so they may go into netboot images.
+      '';
+    };
+
+    hostnameFromKernelCmdline = mkOption {
+      type = types.bool;
+      default = false;
+      example = true;
+      description = ''
+        Take the hostname from `hostname=` on the kernel command line (written by the PXE
+        server's per-MAC iPXE script), so one stateless netboot image serves every machine of
+        a class. Set {option}`networking.hostName` to `""` with it.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      boot.kernelParams = [
+        "console=tty0"
+      ]
+      ++ optional (cfg.serialConsole != null) "console=${cfg.serialConsole}";
+
+      # Given no one at the console, an emergency shell only stops the boot; continuing
+      # keeps SSH and the supervisor reachable.
+      systemd.enableEmergencyMode = false;
+
+      systemd.settings.Manager = {
+        RuntimeWatchdogSec = mkDefault cfg.watchdogSec;
+        # A reboot that hangs in its last stage is forced after this.
+        RebootWatchdogSec = mkDefault "2min";
+      };
+
+      boot.loader.grub.configurationLimit = mkDefault cfg.maxGenerations;
+      boot.loader.systemd-boot.configurationLimit = mkDefault cfg.maxGenerations;
+
+      services.timesyncd.enable = mkDefault true;
+      time.timeZone = mkDefault "UTC";
+
+      services.openssh = {
+        enable = mkDefault true;
+        settings = {
+          PasswordAuthentication = false;
+          KbdInteractiveAuthentication = false;
+          PermitRootLogin = mkDefault "prohibit-password";
+        };
+      };
+      users.users.root.openssh.authorizedKeys.keys = cfg.sshKeys;
+
+      networking.firewall.enable = mkDefault true;
+
+      # DHCP on every wired port, without letting DHCP rename the machine: the hostname comes
+      # from the configuration or the kernel command line. "90-" sorts after networks that
+      # other modules declare per interface.
+      networking.useNetworkd = mkDefault true;
+      systemd.network.networks."90-cairn-wired" = {
+        matchConfig.Type = "ether";
+        networkConfig.DHCP = mkDefault "yes";
+        dhcpV4Config.UseHostname = false;
+      };
+
+      documentation.enable = mkDefault false;
+      programs.command-not-found.enable = mkDefault false;
+      fonts.fontconfig.enable = mkDefault false;
+      nix.settings.experimental-features = mkDefault [
+        "nix-command"
+        "flakes"
+      ];
+
+      warnings = optional (cfg.sshKeys == [ ] && config.services.openssh.enable) "cairn.appliance.sshKeys: empty, so nobody can log in over SSH";
+    }
+
+    # journald's settings moved from the `extraConfig` text to the structured
+    # `settings.Journal` in nixpkgs; use whichever this nixpkgs has.
+    (
+      if options.services.journald ? settings then
+        { services.journald.settings.Journal = lib.mapAttrs (_: mkDefault) journalLimits; }
+      else
+        {
+          services.journald.extraConfig = lib.concatStrings (
+            lib.mapAttrsToList (k: v: "${k}=${v}\n") journalLimits
+          );
+        }
+    )
+
+    (mkIf cfg.hostnameFromKernelCmdline {
+      systemd.services.cairn-hostname = {
+        description = "Hostname from hostname= on the kernel command line";
+        wantedBy = [ "sysinit.target" ];
+        before = [
+          "sysinit.target"
+          "network-pre.target"
+          "systemd-networkd.service"
+        ];
+        unitConfig = {
+          DefaultDependencies = false;
+          ConditionKernelCommandLine = "hostname";
+        };
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+        };
+        script = ''
+          name=
+          for arg in $(< /proc/cmdline); do
+            case "$arg" in
+              hostname=*) name="''${arg#hostname=}" ;;
+            esac
+          done
+          # An RFC 1123 label, as the PXE server writes it; anything else is ignored.
+          if [[ ! "$name" =~ ^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$ ]]; then
+            echo "ignoring invalid hostname= '$name' on the kernel command line" >&2
+            exit 0
+          fi
+          echo -n "$name" > /proc/sys/kernel/hostname
+          echo "hostname set to $name from the kernel command line"
+        '';
+      };
+    })
+  ]);
+}

@@ -1,0 +1,9 @@
+# Every Cairn NixOS module; each is inert until its `enable` is set.
+{
+  imports = [
+    ./appliance.nix
+    ./tuning.nix
+    ./supervisor.nix
+    ../pxe/server.nix
+  ];
+}

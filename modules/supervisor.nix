@@ -1,0 +1,321 @@
+# The cairn supervisor: its user, validated JSON settings, the hardened notify unit, and polkit.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    concatMapStringsSep
+    concatStringsSep
+    literalExpression
+    mapAttrsToList
+    mkEnableOption
+    mkIf
+    mkOption
+    optionalAttrs
+    optionals
+    replaceStrings
+    types
+    ;
+
+  cfg = config.services.cairn;
+  json = pkgs.formats.json { };
+
+  rendered = json.generate "cairn.json" cfg.settings;
+
+  # `cairn config check` at build time: a bad host config fails `nix build`, not the node.
+  configFile =
+    pkgs.runCommand "cairn-config.json"
+      {
+        nativeBuildInputs = [ cfg.package ];
+        preferLocalBuild = true;
+      }
+      ''
+        cairn config check ${rendered}
+        cp ${rendered} $out
+      '';
+
+  apiPort = cfg.settings.api.port or 8470;
+  gossipPort = cfg.settings.gossip.port or 8471;
+
+  gpuHost = lib.elem "nvidia" config.services.xserver.videoDrivers;
+
+  # Unit-name globs become anchored JS regexes: the option type allows only [A-Za-z0-9@:._*-],
+  # so '.' is the one regex character to escape.
+  unitRegex = glob: "/^${replaceStrings [ "." "*" ] [ "\\." "[^/]+" ] glob}$/";
+  jsString = s: "\"${s}\"";
+  polkitRule = ''
+    // Cairn: the supervisor (user ${cfg.user}) may manage its own units, nothing else.
+    polkit.addRule(function (action, subject) {
+      if (action.id !== "org.freedesktop.systemd1.manage-units" || subject.user !== "${cfg.user}") {
+        return polkit.Result.NOT_HANDLED;
+      }
+      var unit = action.lookup("unit");
+      var verb = action.lookup("verb");
+      var allowed = [
+    ${concatStringsSep ",\n" (
+      mapAttrsToList (
+        glob: verbs:
+        "    { unit: ${unitRegex glob}, verbs: [ ${concatMapStringsSep ", " jsString verbs} ] }"
+      ) cfg.managedUnits
+    )}
+      ];
+      for (var i = 0; i < allowed.length; i++) {
+        if (allowed[i].unit.test(unit) && allowed[i].verbs.indexOf(verb) !== -1) {
+          return polkit.Result.YES;
+        }
+      }
+      return polkit.Result.NOT_HANDLED;
+    });
+  '';
+in
+{
+  options.services.cairn = {
+    enable = mkEnableOption "the Cairn supervisor daemon";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./packages/cairn.nix { };
+      defaultText = literalExpression "pkgs.callPackage ./packages/cairn.nix { }";
+      example = literalExpression ''pkgs.callPackage ./packages/cairn.nix { llamaVariant = "cuda"; }'';
+      description = ''
+        The cairn package. The default builds llama-cpp-python portable (no AVX), which runs on
+        every node; GPU hosts use the `"cuda"` variant.
+      '';
+    };
+
+    settings = mkOption {
+      type = types.submodule {
+        freeformType = json.type;
+        options.version = mkOption {
+          type = types.ints.positive;
+          default = 1;
+          example = 1;
+          description = "Version of the supervisor's config schema.";
+        };
+      };
+      default = { };
+      example = literalExpression ''
+        {
+          node.state_dir = "/var/lib/cairn";
+          api = { host = "127.0.0.1"; port = 8470; };
+          probe.interval = 5.0;
+          log.level = "info";
+        }
+      '';
+      description = ''
+        The supervisor's configuration, rendered to JSON and checked with
+        `cairn config check` when the system is built; see `cairn config schema` for every key.
+        Each host class keeps its settings in `hosts/<class>/settings.nix`.
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      example = true;
+      description = ''
+        Whether to open the API port (`settings.api.port`, default 8470, TCP) and the gossip
+        port (`settings.gossip.port`, default 8471, UDP and TCP) in the firewall.
+      '';
+    };
+
+    gossipKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/cairn-secrets/gossip.key";
+      description = ''
+        Absolute path, on the node, of the gossip encryption keyring. It is a string on purpose:
+        a Nix path would be copied into the world-readable store (and into netboot images).
+        systemd hands it to the daemon as the credential `gossip-key`
+        (`$CREDENTIALS_DIRECTORY/gossip-key`, also in `CAIRN_GOSSIP_KEY_FILE`), so the file
+        can stay readable by root only.
+      '';
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = "cairn";
+      example = "cairn";
+      description = "System user the supervisor runs as (created by this module).";
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "cairn";
+      example = "cairn";
+      description = "Primary group of {option}`services.cairn.user` (created by this module).";
+    };
+
+    watchdogSec = mkOption {
+      type = types.str;
+      default = "30s";
+      example = "1min";
+      description = ''
+        systemd `WatchdogSec=` of cairn.service. The daemon pings at half this interval from
+        its event loop; a blocked loop gets the unit killed and restarted.
+      '';
+    };
+
+    managedUnits = mkOption {
+      type = types.attrsOf (types.listOf types.str);
+      default = {
+        "cairn-model@*.service" = [
+          "start"
+          "stop"
+          "restart"
+          "try-restart"
+          "kill"
+          "reset-failed"
+          "freeze"
+          "thaw"
+        ];
+        "cairn-model@*.socket" = [
+          "start"
+          "stop"
+          "restart"
+          "reset-failed"
+        ];
+        # The privileged rollback helper: the supervisor may only start it.
+        "cairn-rollback.service" = [ "start" ];
+      };
+      example = literalExpression ''{ "cairn-sleep@*.service" = [ "start" "stop" ]; }'';
+      description = ''
+        Units the supervisor may manage through systemd's D-Bus API, as unit-name globs (`*`
+        matches within one name) mapped to the polkit `verb`s allowed on them (`start`,
+        `stop`, `restart`, `kill`, `reset-failed`, ...). Rendered into one polkit rule for
+        `org.freedesktop.systemd1.manage-units`; later capabilities add their units here.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.gossipKeyFile == null || lib.hasPrefix "/" cfg.gossipKeyFile;
+        message = "services.cairn.gossipKeyFile: '${toString cfg.gossipKeyFile}' must be an absolute path on the node";
+      }
+      {
+        assertion = cfg.gossipKeyFile == null || !(lib.hasPrefix builtins.storeDir cfg.gossipKeyFile);
+        message = "services.cairn.gossipKeyFile: '${toString cfg.gossipKeyFile}' is in the Nix store, which every user (and every netboot client) can read; keep the key outside the store";
+      }
+      {
+        assertion = lib.all (g: builtins.match "[A-Za-z0-9@:._*-]+" g != null) (lib.attrNames cfg.managedUnits);
+        message = "services.cairn.managedUnits: unit globs may only use letters, digits, '@', ':', '.', '_', '-' and '*'";
+      }
+    ];
+
+    users.users.${cfg.user} = {
+      isSystemUser = true;
+      inherit (cfg) group;
+      description = "Cairn supervisor";
+      home = "/var/lib/cairn";
+    };
+    users.groups.${cfg.group} = { };
+
+    environment.systemPackages = [ cfg.package ]; # `cairn status` for operators
+
+    networking.firewall = mkIf cfg.openFirewall {
+      allowedTCPPorts = [
+        apiPort
+        gossipPort
+      ];
+      allowedUDPPorts = [ gossipPort ];
+    };
+
+    security.polkit.enable = true;
+    security.polkit.extraConfig = polkitRule;
+
+    systemd.services.cairn = {
+      description = "Cairn supervisor";
+      wantedBy = [ "multi-user.target" ];
+      # Peers may come and go: gossip retries on its own, so no wait for network-online.
+      after = [
+        "network.target"
+        "dbus.service"
+      ];
+      # Not restarted by switch-to-configuration: the supervisor runs the health gate that
+      # decides whether a newly activated generation stays or is rolled back, and restarting it
+      # in the middle of that activation would drop the gate. Until the self-heal capability
+      # restarts it after a confirmed switch, the running daemon keeps its old package/config.
+      restartIfChanged = false;
+
+      environment = optionalAttrs (cfg.gossipKeyFile != null) {
+        CAIRN_GOSSIP_KEY_FILE = "%d/gossip-key";
+      };
+
+      serviceConfig = {
+        Type = "notify";
+        NotifyAccess = "main";
+        ExecStart = "${lib.getExe cfg.package} run --config ${configFile}";
+        WatchdogSec = cfg.watchdogSec;
+        Restart = "on-failure";
+        RestartSec = "2s";
+        # Exit code 2 is a config error: restarting cannot fix it.
+        RestartPreventExitStatus = 2;
+        TimeoutStopSec = "10s";
+
+        User = cfg.user;
+        Group = cfg.group;
+        StateDirectory = "cairn";
+        StateDirectoryMode = "0750";
+        WorkingDirectory = "/var/lib/cairn";
+
+        # Hardening baseline (as ollama.nix); each relaxation says why.
+        CapabilityBoundingSet = [ "" ];
+        AmbientCapabilities = [ "" ];
+        NoNewPrivileges = true;
+        LockPersonality = true;
+        # pydbus runs on pygobject, whose callbacks are libffi closures; those may need
+        # writable+executable memory.
+        MemoryDenyWriteExecute = false;
+        # NVML needs the NVIDIA character devices; DevicePolicy below keeps everything else out.
+        PrivateDevices = !gpuHost;
+        DevicePolicy = "closed";
+        DeviceAllow = optionals gpuHost [
+          "char-nvidiactl"
+          "char-nvidia-caps"
+          "char-nvidia-frontend"
+          "char-nvidia-uvm"
+        ];
+        PrivateTmp = true;
+        # polkit authorizes unit management by the caller's real UID; stay in the host user
+        # namespace so the D-Bus peer is plainly user cairn.
+        PrivateUsers = false;
+        # The probe reads /proc/stat, /proc/meminfo and /proc/PID/task/*/status of the
+        # workers (other, dynamic users) to verify core pinning.
+        ProcSubset = "all";
+        ProtectProc = "default";
+        ProtectClock = true;
+        ProtectControlGroups = true;
+        ProtectHome = true;
+        ProtectHostname = true;
+        ProtectKernelLogs = true;
+        ProtectKernelModules = true;
+        ProtectKernelTunables = true;
+        ProtectSystem = "strict";
+        RemoveIPC = true;
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        RestrictAddressFamilies = [
+          "AF_INET"
+          "AF_INET6"
+          "AF_UNIX"
+        ];
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service @resources"
+          "~@privileged"
+        ];
+        UMask = "0027";
+      }
+      // optionalAttrs (cfg.gossipKeyFile != null) {
+        # systemd reads the key as root and hands the daemon a private copy.
+        LoadCredential = "gossip-key:${cfg.gossipKeyFile}";
+      };
+    };
+  };
+}
