@@ -83,7 +83,7 @@ in
       description = ''
         Take the hostname from `hostname=` on the kernel command line (written by the PXE
         server's per-MAC iPXE script), so one stateless netboot image serves every machine of
-        a class. Set {option}`networking.hostName` to `""` with it.
+        a class. Requires {option}`networking.hostName` to be `""` (an assertion checks).
       '';
     };
   };
@@ -128,7 +128,12 @@ in
       # other modules declare per interface.
       networking.useNetworkd = mkDefault true;
       systemd.network.networks."90-cairn-wired" = {
-        matchConfig.Type = "ether";
+        matchConfig = {
+          Type = "ether";
+          # Physical interfaces have no kind; this keeps veth, bridges, bonds and other virtual
+          # links of Type=ether out (as nixpkgs' own 99-ethernet-default-dhcp does).
+          Kind = "!*";
+        };
         networkConfig.DHCP = mkDefault "yes";
         dhcpV4Config.UseHostname = false;
       };
@@ -139,6 +144,13 @@ in
       nix.settings.experimental-features = mkDefault [
         "nix-command"
         "flakes"
+      ];
+
+      assertions = [
+        {
+          assertion = !cfg.hostnameFromKernelCmdline || config.networking.hostName == "";
+          message = "cairn.appliance.hostnameFromKernelCmdline: networking.hostName must be \"\" (it is \"${config.networking.hostName}\"): a fixed name goes into /etc/hostname and is set again on every activation, replacing the per-machine hostname=";
+        }
       ];
 
       warnings = optional (cfg.sshKeys == [ ] && config.services.openssh.enable) "cairn.appliance.sshKeys: empty, so nobody can log in over SSH";

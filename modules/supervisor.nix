@@ -161,32 +161,18 @@ in
 
     managedUnits = mkOption {
       type = types.attrsOf (types.listOf types.str);
-      default = {
-        "cairn-model@*.service" = [
-          "start"
-          "stop"
-          "restart"
-          "try-restart"
-          "kill"
-          "reset-failed"
-          "freeze"
-          "thaw"
-        ];
-        "cairn-model@*.socket" = [
-          "start"
-          "stop"
-          "restart"
-          "reset-failed"
-        ];
-        # The privileged rollback helper: the supervisor may only start it.
-        "cairn-rollback.service" = [ "start" ];
-      };
+      default = { };
       example = literalExpression ''{ "cairn-sleep@*.service" = [ "start" "stop" ]; }'';
       description = ''
         Units the supervisor may manage through systemd's D-Bus API, as unit-name globs (`*`
         matches within one name) mapped to the polkit `verb`s allowed on them (`start`,
         `stop`, `restart`, `kill`, `reset-failed`, ...). Rendered into one polkit rule for
-        `org.freedesktop.systemd1.manage-units`; later capabilities add their units here.
+        `org.freedesktop.systemd1.manage-units`.
+
+        This module always adds the model workers (`cairn-model@*.service`,
+        `cairn-model@*.socket`) and `cairn-rollback.service` (start only); definitions
+        elsewhere merge with those per glob (the verb lists are concatenated), so a later
+        capability only names its own units.
       '';
     };
   };
@@ -206,6 +192,29 @@ in
         message = "services.cairn.managedUnits: unit globs may only use letters, digits, '@', ':', '.', '_', '-' and '*'";
       }
     ];
+
+    # Set here rather than as the option's default, so that other modules' definitions add to
+    # these instead of replacing them.
+    services.cairn.managedUnits = {
+      "cairn-model@*.service" = [
+        "start"
+        "stop"
+        "restart"
+        "try-restart"
+        "kill"
+        "reset-failed"
+        "freeze"
+        "thaw"
+      ];
+      "cairn-model@*.socket" = [
+        "start"
+        "stop"
+        "restart"
+        "reset-failed"
+      ];
+      # The privileged rollback helper: the supervisor may only start it.
+      "cairn-rollback.service" = [ "start" ];
+    };
 
     users.users.${cfg.user} = {
       isSystemUser = true;

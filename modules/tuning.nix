@@ -81,6 +81,11 @@ let
       message = "cairn.tuning.housekeepingCores: no housekeeping core left; keep at least one core out of cairn.tuning.isolatedCores";
     }
     {
+      # Tuning without an isolated core would only confine everything to the housekeeping set.
+      assertion = iso == null || iso != [ ];
+      message = "cairn.tuning.isolatedCores: empty; isolate at least one core when cairn.tuning.enable is true (e.g. \"2-5,12-15\")";
+    }
+    {
       assertion = iso == null || !(lib.elem 0 iso);
       message = "cairn.tuning.isolatedCores: core 0 is the boot CPU, which keeps time for the nohz_full cores; leave it to housekeeping";
     }

@@ -6,8 +6,11 @@
 
   cairn.appliance.enable = true;
 
-  # Two physical cores and their hyperthread siblings (2-5, 12-15) for inference; 0-1, 6-11 and
-  # 16-19 keep the kernel, interrupts, the supervisor and the GPU driver threads.
+  # Logical CPUs 2-5 and 12-15 are isolated for inference; 0-1, 6-11 and 16-19 keep the kernel,
+  # interrupts, the supervisor and the GPU driver threads. Which logical CPUs share a physical
+  # core depends on the CPU and firmware: check with `lscpu -e` (the CORE column) on the machine,
+  # and isolate hyperthread siblings together so housekeeping work never shares a physical core
+  # with an inference thread.
   cairn.tuning = {
     enable = true;
     cpuCount = 20;

@@ -35,7 +35,9 @@ let
   withCmakeFlags =
     drv: flags:
     drv.overridePythonAttrs (old: {
-      # scikit-build-core's setup hook appends cmakeFlags to SKBUILD_CMAKE_ARGS; a later -D wins.
+      # scikit-build-core's setup hook turns each cmakeFlags entry, in order, into its own
+      # `-Ccmake.args=...` appended to pypaBuildFlags, so these come after the package's own flags
+      # and, for the same variable, the later -D wins.
       cmakeFlags = (old.cmakeFlags or [ ]) ++ flags;
     });
 
@@ -53,6 +55,13 @@ let
   llama-cpp-python =
     llamaVariants.${llamaVariant}
       or (throw "cairn package: llamaVariant must be one of ${lib.concatStringsSep ", " (lib.attrNames llamaVariants)}, got '${llamaVariant}'");
+
+  # PyPI name -> python3Packages attribute, kept in step with pyproject.toml by
+  # tests/nix/test_package_deps.py; llama-cpp-python is the variant above.
+  pythonDeps = import ./python-deps.nix;
+  pythonDep =
+    pypiName: attr:
+    if pypiName == "llama-cpp-python" then llama-cpp-python else python3Packages.${attr};
 
   pyFiles = dir: lib.fileset.fileFilter (f: f.hasExt "py") dir;
 in
@@ -83,21 +92,7 @@ python3Packages.buildPythonApplication {
   # The runtime pins are for the PyPI venv; here nixpkgs' versions are the tested set.
   pythonRelaxDeps = true;
 
-  dependencies = [
-    llama-cpp-python # the variant above, not python3Packages' own
-  ]
-  ++ (with python3Packages; [
-    aiohttp
-    apscheduler
-    msgspec
-    nvidia-ml-py
-    onnxruntime
-    prometheus-client
-    psutil
-    pydbus
-    pygobject3
-    systemd-python
-  ]);
+  dependencies = lib.mapAttrsToList pythonDep pythonDeps;
 
   # The unit suite is the package's checkPhase; integration tests need systemd-nspawn and root.
   nativeCheckInputs = with python3Packages; [

@@ -133,8 +133,11 @@ pkgs.testers.runNixOSTest {
         client.wait_until_succeeds("curl -sf http://127.0.0.1:8470/readyz", timeout=300)
 
     with subtest("the proxy offer came from the boot server, the lease from the router"):
-        pxeserver.succeed("journalctl -u dnsmasq.service --no-pager | grep -qi '${clientMac}'")
-        router.succeed("journalctl -u dnsmasq.service --no-pager | grep -i 'DHCPACK' | grep -qi '${clientMac}'")
+        # --grep, not `| grep -q`: grep -q exits at the first match, journalctl then dies of
+        # SIGPIPE, and under the driver's `set -o pipefail` the pipeline fails. journalctl --grep
+        # exits 1 when nothing matches.
+        pxeserver.succeed("journalctl -u dnsmasq.service --no-pager --case-sensitive=false --grep='${clientMac}'")
+        router.succeed("journalctl -u dnsmasq.service --no-pager --case-sensitive=false --grep='DHCPACK.*${clientMac}'")
 
     client.shutdown()
   '';
