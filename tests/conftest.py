@@ -112,7 +112,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     """Factory: start `cairn run` with the given settings merged over a test default."""
     started: list[Node] = []
 
-    def start(probe_interval: float = 2.0, **sections: dict[str, Any]) -> Node:
+    def start(probe_interval: float = 2.0, **sections: Any) -> Node:
         port = free_port()
         settings: dict[str, Any] = {
             "version": 1,
@@ -121,7 +121,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
             "probe": {"interval": probe_interval, "nix_profiles": str(tmp_path / "no-nix")},
         }
         for key, value in sections.items():
-            settings[key] = {**settings.get(key, {}), **value}
+            settings[key] = value if isinstance(value, list) else {**settings.get(key, {}), **value}
         cfg = write_config(tmp_path / f"cairn-{port}.json", settings)
         log_path = tmp_path / f"cairn-{port}.log"
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}

@@ -9,7 +9,10 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from cairn import __version__, config
 from cairn.errors import ConfigError
@@ -20,7 +23,14 @@ DEFAULT_URL = f"http://127.0.0.1:{config.DEFAULT_PORT}"
 
 
 def _load(path: str | None) -> config.Config:
-    return config.load(path) if path else config.standalone_default()
+    if path:
+        return config.load(path)
+    from cairn.inference import demo
+
+    cfg = config.standalone_default()
+    models_dir = Path(cfg.node.state_dir) / "models"
+    demo.ensure(models_dir)
+    return msgspec.structs.replace(cfg, models=demo.models(models_dir))
 
 
 class _StopEarly(Exception):
@@ -51,6 +61,16 @@ def _run(args: argparse.Namespace) -> int:
         "config: %s (%s)", args.config or "built-in standalone default", cfg.digest()
     )
     return daemon.run(cfg)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one model's worker (started by systemd socket activation or by the supervisor)."""
+    cfg = config.load(args.config)
+    from cairn import logs
+    from cairn.inference import worker
+
+    logs.setup(cfg.log.level)
+    return worker.main(cfg, args.model, args.socket)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -136,6 +156,17 @@ def render_status(doc: dict[str, Any]) -> str:
         out += ["Machine", _table(rows)]
     else:
         out += ["Machine", "  (no probe sample yet)"]
+    models = doc.get("models") or {}
+    if models:
+        rows = []
+        for name, m in sorted(models.items()):
+            st = m["stats"]
+            busy = f"{st['active']}/{st['slots']} slots, {st['queued']} queued" if st else ""
+            state = m["state"] + (f" ({m['reason']})" if m["reason"] else "")
+            rows.append(
+                (name, ", ".join(x for x in (m["kind"], state, m["device"] or "", busy) if x))
+            )
+        out += ["Models", _table(rows)]
     gen = doc.get("generation")
     if gen:
         rows = [
@@ -178,6 +209,16 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", metavar="FILE", help="config file (.toml or .json)")
     run.set_defaults(func=cmd_run)
+
+    wk = sub.add_parser(
+        "worker",
+        help="run one model's inference worker",
+        description="Serve one model on a unix socket (systemd socket activation, or --socket).",
+    )
+    wk.add_argument("--config", metavar="FILE", required=True, help="config file (.toml or .json)")
+    wk.add_argument("--model", metavar="NAME", required=True, help="the model to serve")
+    wk.add_argument("--socket", metavar="PATH", help="bind this unix socket (standalone)")
+    wk.set_defaults(func=cmd_worker)
 
     st = sub.add_parser(
         "status",

@@ -10,7 +10,7 @@ import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import msgspec.inspect
@@ -97,6 +97,71 @@ class ProbeConfig(_Section, frozen=True):
     ] = "/nix/var/nix/profiles"
 
 
+class ModelKind(enum.StrEnum):
+    """Which engine serves a model."""
+
+    GGUF = "gguf"  # llama-cpp-python
+    ONNX = "onnx"  # onnxruntime (embeddings)
+
+
+class WorkerManager(enum.StrEnum):
+    """Who starts model workers."""
+
+    CHILDREN = "children"  # the supervisor spawns them (standalone, `make run`)
+    SYSTEMD = "systemd"  # cairn-model@NAME.socket activates them; the supervisor only connects
+
+
+ModelName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="a model name of letters, digits, '.', '_' or '-' (it names the worker unit)",
+    ),
+]
+Count = Annotated[int, msgspec.Meta(ge=1, le=1024)]
+
+
+class ModelConfig(_Section, frozen=True):
+    """One model the node serves, in its own worker process."""
+
+    name: ModelName
+    path: Annotated[AbsPath, msgspec.Meta(description="an absolute path to the model file")]
+    kind: ModelKind
+    context: Annotated[int, msgspec.Meta(ge=64, le=1 << 20, description="context size, tokens")] = (
+        2048
+    )
+    threads: Annotated[Count, msgspec.Meta(description="compute threads, one per core")] = 1
+    gpu_layers: Annotated[
+        int, msgspec.Meta(ge=0, le=4096, description="layers to offload to an NVIDIA GPU")
+    ] = 0
+    batch: Annotated[int, msgspec.Meta(ge=1, le=65536, description="tokens per decode batch")] = 512
+    slots: Annotated[Count, msgspec.Meta(description="requests decoded together")] = 4
+    queue: Annotated[
+        int, msgspec.Meta(ge=0, le=65536, description="requests waiting behind busy slots")
+    ] = 16
+    idle_ttl: Annotated[
+        float, msgspec.Meta(gt=0, description="seconds without requests before the worker sleeps")
+    ] = 300.0
+    cpus: Literal["isolated"] | list[Annotated[int, msgspec.Meta(ge=0)]] | None = None
+    startup_timeout: Annotated[
+        float, msgspec.Meta(gt=0, description="seconds a worker may take to load its model")
+    ] = 120.0
+
+
+class InferenceConfig(_Section, frozen=True):
+    """How model workers are run and reached."""
+
+    workers: WorkerManager = WorkerManager.CHILDREN
+    socket_dir: (
+        Annotated[
+            AbsPath,
+            msgspec.Meta(description="an absolute path, where workers' unix sockets live"),
+        ]
+        | None
+    ) = None  # default: <node.state_dir>/sockets
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 4 << 20
+
+
 class LogConfig(_Section, frozen=True):
     """Logging verbosity."""
 
@@ -114,6 +179,12 @@ class Config(_Section, frozen=True):
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     probe: ProbeConfig = msgspec.field(default_factory=ProbeConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    inference: InferenceConfig = msgspec.field(default_factory=InferenceConfig)
+    models: list[ModelConfig] = msgspec.field(default_factory=list)
+
+    def model(self, name: str) -> ModelConfig | None:
+        """The model of that name, if configured."""
+        return next((m for m in self.models if m.name == name), None)
 
     def digest(self) -> str:
         """Stable sha256 over the effective settings, shown in /status."""
@@ -151,6 +222,9 @@ def _description(path: str) -> str:
     for part in path.split("."):
         while isinstance(info, msgspec.inspect.Metadata):
             info = info.type
+        if part.isdigit():  # an element of a list, e.g. models.0
+            info = info.item_type
+            continue
         info = next(f for f in info.fields if f.encode_name == part).type
     extra = info.extra_json_schema if isinstance(info, msgspec.inspect.Metadata) else None
     return str((extra or {}).get("description", "a valid value"))
@@ -161,9 +235,21 @@ def from_mapping(data: Any, source: str = "") -> Config:
     if not isinstance(data, dict):
         raise ConfigError("(root)", "expected a table of settings", source)
     try:
-        return msgspec.convert(data, Config, strict=True)
+        cfg = msgspec.convert(data, Config, strict=True)
     except msgspec.ValidationError as err:
         raise _translate(err, source) from None
+    seen: set[str] = set()
+    for i, m in enumerate(cfg.models):
+        if m.name in seen:
+            raise ConfigError(f"models.{i}.name", f"duplicate model name '{m.name}'", source)
+        seen.add(m.name)
+        if isinstance(m.cpus, list) and m.cpus and len(m.cpus) < m.threads:
+            raise ConfigError(
+                f"models.{i}.cpus",
+                f"{len(m.cpus)} cores for {m.threads} threads: each thread needs its own core",
+                source,
+            )
+    return cfg
 
 
 def load(path: str | Path) -> Config:

@@ -19,6 +19,7 @@ from cairn.components import Components, State
 from cairn.config import Config
 from cairn.generations import Generations
 from cairn.identity import of_this_machine
+from cairn.inference.front import Inference
 from cairn.probe import Probe, Snapshot
 from cairn.sdnotify import Notifier
 from cairn.status.app import create_app
@@ -28,6 +29,7 @@ Sample = tuple[Snapshot, tuple[Generations | None, str]]
 
 SHUTDOWN_GRACE_S = 3.0  # in-flight HTTP requests get this long; the whole stop stays under 5 s
 FIRST_PROBE_MAX_S = 1.0  # the first round comes soon, whatever the interval: readiness waits on it
+MODEL_WATCH_S = 1.0  # worker states change on notify; this only refreshes /health and readiness
 
 
 class Supervisor:
@@ -42,6 +44,7 @@ class Supervisor:
         self.components = Components()
         self.state_dir = Path(config.node.state_dir)
         self.probe = Probe(self.state_dir, Path(config.probe.nix_profiles))
+        self.inference = Inference(config, self.state_dir / "run")
         self.snapshot: Snapshot | None = None
         self.generation: Generations | None = None
         self.generation_reason = "not read yet"
@@ -89,6 +92,18 @@ class Supervisor:
             self.components.set("probe", State.READY)
         self._announce()
 
+    async def watch_models(self) -> None:
+        """Refresh worker health and the inference component's readiness."""
+        await self.inference.poll_health()
+        waiting = self.inference.not_ready()
+        if waiting:
+            detail = "; ".join(f"{n}: {why}" for n, why in sorted(waiting.items()))
+            failed = any(why.startswith("failed") for why in waiting.values())
+            self.components.set("inference", State.DEGRADED if failed else State.STARTING, detail)
+        else:
+            self.components.set("inference", State.READY)
+        self._announce()
+
     def _announce(self) -> None:
         waiting = sorted(self.components.not_ready())
         text = "ready" if not waiting else "waiting for " + ", ".join(waiting)
@@ -98,7 +113,11 @@ class Supervisor:
         """Serve until `stop` is set, then shut down cleanly."""
         self.components.set("api", State.STARTING, "binding")
         self.components.set("probe", State.STARTING, "waiting for the first sample")
-        runner = web.AppRunner(create_app(self), shutdown_timeout=SHUTDOWN_GRACE_S)
+        if self.config.models:
+            self.components.set("inference", State.STARTING, "starting workers")
+        runner = web.AppRunner(
+            create_app(self), shutdown_timeout=SHUTDOWN_GRACE_S, handler_cancellation=True
+        )
         scheduler = AsyncIOScheduler()
         watchdog: asyncio.Task[None] | None = None
         probe_started = False
@@ -106,6 +125,7 @@ class Supervisor:
             # NVML's init can take seconds on a GPU host without the persistence daemon.
             await run_in_daemon_thread(self._prepare, "cairn-start")
             probe_started = True
+            await self.inference.start()
             await runner.setup()
             api = self.config.api
             await web.TCPSite(runner, api.host, api.port, reuse_address=True).start()
@@ -121,6 +141,16 @@ class Supervisor:
                 max_instances=1,
                 coalesce=True,
             )
+            if self.config.models:
+                scheduler.add_job(
+                    self.watch_models,
+                    "interval",
+                    seconds=MODEL_WATCH_S,
+                    id="models",
+                    next_run_time=datetime.now().astimezone(),
+                    max_instances=1,
+                    coalesce=True,
+                )
             scheduler.start()
             if not stop.is_set():
                 self.notifier.send("READY=1\nSTATUS=waiting for probe")
@@ -136,6 +166,7 @@ class Supervisor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watchdog
             await runner.cleanup()
+            await self.inference.stop()
             if probe_started:
                 self._release_probe()
             log.info("stopped")

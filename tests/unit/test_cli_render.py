@@ -53,6 +53,7 @@ def document() -> dict:
         probe=snap,
         generation=gens,
         generation_reason="",
+        models={},
     )
     out: dict = msgspec.to_builtins(doc)
     return out

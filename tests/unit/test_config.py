@@ -88,7 +88,15 @@ def test_state_dir_defaults_to_systemd_state_directory(monkeypatch: pytest.Monke
 def test_schema_describes_every_section_and_rejects_extras() -> None:
     schema = config.json_schema()
     root = schema["$defs"]["Config"]
-    assert set(root["properties"]) == {"version", "node", "api", "probe", "log"}
+    assert set(root["properties"]) == {
+        "version",
+        "node",
+        "api",
+        "probe",
+        "log",
+        "inference",
+        "models",
+    }
     assert root["required"] == ["version"]
     assert root["additionalProperties"] is False
     assert schema["$defs"]["ApiConfig"]["properties"]["port"]["maximum"] == 65535
@@ -97,3 +105,34 @@ def test_schema_describes_every_section_and_rejects_extras() -> None:
 def test_schema_accepts_what_the_loader_accepts() -> None:
     doc = msgspec.to_builtins(config.standalone_default())
     jsonschema.validate(doc, config.json_schema())
+
+
+def test_models_are_validated_with_their_paths() -> None:
+    good = {
+        "version": 1,
+        "models": [
+            {"name": "m1", "path": "/m/a.gguf", "kind": "gguf", "cpus": [0, 1], "threads": 2},
+            {"name": "e1", "path": "/m/e.onnx", "kind": "onnx", "cpus": "isolated"},
+        ],
+    }
+    cfg = config.from_mapping(good)
+    assert cfg.model("m1") is not None and cfg.model("m1").cpus == [0, 1]  # type: ignore[union-attr]
+    cases = [
+        ([{"name": "a", "path": "/x", "kind": "pt"}], "models.0.kind"),
+        ([{"name": "a", "kind": "gguf"}], "models.0.path"),
+        ([{"name": "a", "path": "x.gguf", "kind": "gguf"}], "models.0.path"),
+        ([{"name": "a b", "path": "/x", "kind": "gguf"}], "models.0.name"),
+        ([{"name": "a", "path": "/x", "kind": "gguf", "slots": 0}], "models.0.slots"),
+        ([{"name": "a", "path": "/x", "kind": "gguf", "cpus": [0], "threads": 2}], "models.0.cpus"),
+        (
+            [
+                {"name": "a", "path": "/x", "kind": "gguf"},
+                {"name": "a", "path": "/y", "kind": "onnx"},
+            ],
+            "models.1.name",
+        ),
+    ]
+    for models, path in cases:
+        with pytest.raises(ConfigError) as exc:
+            config.from_mapping({"version": 1, "models": models})
+        assert exc.value.path == path, (models, exc.value)

@@ -141,3 +141,20 @@ async def test_a_hung_probe_degrades_and_does_not_block_shutdown(
     await asyncio.wait_for(task, 5)
     assert time.monotonic() - stopped_at < 5
     release.set()
+
+
+async def test_same_named_sensors_stay_distinct_series(aiohttp_client, sup: Supervisor) -> None:
+    sup.probe.start()
+    await sup.probe_once()
+    sup.probe.stop()
+    assert sup.snapshot is not None
+    two = [
+        probe.Temperature("nvme", "Composite", 40.0, None, None),
+        probe.Temperature("nvme", "Composite", 45.0, None, None),
+    ]
+    sup.snapshot = msgspec.structs.replace(sup.snapshot, temperatures=two)
+    client: TestClient = await aiohttp_client(create_app(sup))
+    text = await (await client.get("/metrics")).text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("cairn_temperature_celsius{")]
+    assert len(lines) == len(set(lines)) == 2
+    assert 'index="0"' in lines[0] and 'index="1"' in lines[1]

@@ -62,8 +62,12 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         log.exception("unhandled error serving %s %s", request.method, request.path)
         response = json_error(500, "internal error; see the node's log")
     route = _route(request)
+    elapsed = time.monotonic() - started
     metrics.http_requests.labels(request.method, route, str(response.status)).inc()
-    metrics.http_duration.labels(route).observe(time.monotonic() - started)
+    metrics.http_duration.labels(route).observe(elapsed)
+    if (model := request.get("cairn_model")) in request.app[SUPERVISOR].inference.models:
+        metrics.model_requests.labels(model, route, str(response.status)).inc()
+        metrics.model_duration.labels(model, route).observe(elapsed)
     return response
 
 
@@ -112,4 +116,5 @@ def create_app(sup: Supervisor) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", _static("openapi.json", "application/json"))
+    sup.inference.add_routes(app)
     return app

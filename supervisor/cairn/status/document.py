@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -28,6 +28,7 @@ class StatusDocument(msgspec.Struct, frozen=True):
     probe: Snapshot | None
     generation: Generations | None
     generation_reason: str
+    models: dict[str, dict[str, Any]]
 
 
 def build(sup: Supervisor) -> StatusDocument:
@@ -43,4 +44,5 @@ def build(sup: Supervisor) -> StatusDocument:
         probe=sup.snapshot,
         generation=sup.generation,
         generation_reason=sup.generation_reason,
+        models=sup.inference.status(),
     )

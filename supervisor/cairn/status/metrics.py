@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from cairn.daemon import Supervisor
+    from cairn.probe import Snapshot
 
 
 def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -44,6 +45,7 @@ class NodeCollector(Collector):
         fails.add_metric([], sup.probe_failures)
         yield fails
         yield from self._snapshot()
+        yield from self._models()
         gen = _gauge(
             "nixos_generation", "Number of the NixOS generation the system profile selects."
         )
@@ -77,17 +79,44 @@ class NodeCollector(Collector):
             g = _gauge(f"disk_{field}_bytes", f"State-dir filesystem {field}, bytes.", ["path"])
             g.add_metric([snap.disk.path], getattr(snap.disk, f"{field}_bytes"))
             yield g
+        # psutil merges same-named devices (two NVMe drives are both "nvme"), so labels alone
+        # repeat; the position within the chip keeps every series unique.
         temp = _gauge(
-            "temperature_celsius", "Kernel-exposed sensor temperature.", ["chip", "sensor"]
+            "temperature_celsius", "Kernel-exposed sensor temperature.", ["chip", "sensor", "index"]
         )
+        seen: dict[str, int] = {}
         for t in snap.temperatures:
-            temp.add_metric([t.chip, t.label], t.celsius)
+            index = seen[t.chip] = seen.get(t.chip, -1) + 1
+            temp.add_metric([t.chip, t.label, str(index)], t.celsius)
         yield temp
-        yield from self._gpus()
+        yield from self._gpus(snap)
 
-    def _gpus(self) -> Iterator[Metric]:
-        snap = self.sup.snapshot
-        assert snap is not None
+    def _models(self) -> Iterator[Metric]:
+        states = ("starting", "loading", "ready", "failed", "socket", "stopped")
+        state = _gauge("model_state", "1 for the model's current state.", ["model", "state"])
+        stats = {
+            "queued": ("model_queue_depth", "Requests waiting for a slot."),
+            "active": ("model_active_slots", "Slots decoding a request."),
+            "slots": ("model_slots", "Slots configured."),
+            "tokens_per_second": ("model_tokens_per_second", "Recent generation rate."),
+        }
+        families = {k: _gauge(n, d, ["model"]) for k, (n, d) in stats.items()}
+        load = _gauge(
+            "model_load_seconds", "How long the worker took to load its model.", ["model"]
+        )
+        for name, m in self.sup.inference.status().items():
+            for st in states:
+                state.add_metric([name, st], 1.0 if m["state"] == st else 0.0)
+            for key, fam in families.items():
+                if key in m["stats"]:
+                    fam.add_metric([name], float(m["stats"][key]))
+            if m["load_seconds"] is not None:
+                load.add_metric([name], m["load_seconds"])
+        yield state
+        yield load
+        yield from families.values()
+
+    def _gpus(self, snap: Snapshot) -> Iterator[Metric]:
         count = _gauge("gpus", "GPUs NVML can see.")
         count.add_metric([], len(snap.gpus))
         yield count
@@ -127,6 +156,20 @@ class Metrics:
             "HTTP request handling time.",
             ["route"],
             registry=self.registry,
+        )
+        self.model_requests = Counter(
+            "cairn_model_requests",
+            "Inference requests answered, by model.",
+            ["model", "route", "code"],
+            registry=self.registry,
+        )
+        # Whole-request time as the client sees it (a stream counts until its last byte).
+        self.model_duration = Histogram(
+            "cairn_model_request_duration_seconds",
+            "Inference request time, by model.",
+            ["model", "route"],
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )
         Info("cairn_build", "Supervisor build.", registry=self.registry).info(
             {"version": sup.version}

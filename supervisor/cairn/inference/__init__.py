@@ -1,0 +1,1 @@
+"""Inference: model engines (llama.cpp, onnxruntime), the worker process, CPU pinning."""

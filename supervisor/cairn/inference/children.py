@@ -1,0 +1,149 @@
+"""Standalone workers: the supervisor spawns each model's worker and hears its sd_notify."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from cairn.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 5.0
+MAX_BACKOFF_S = 60.0
+
+
+class ChildWorker:
+    """One model's worker process, restarted with backoff when it dies.
+
+    The child reports over the same sd_notify protocol it uses under systemd: the supervisor
+    binds a datagram socket per worker and passes it as NOTIFY_SOCKET.
+    """
+
+    def __init__(
+        self, model: ModelConfig, config_path: Path, socket_path: Path, run_dir: Path
+    ) -> None:
+        self.model = model
+        self.config_path = config_path
+        self.socket_path = socket_path
+        self.notify_path = run_dir / f"{model.name}.notify"
+        self.state = "stopped"
+        self.reason = ""
+        self.pid: int | None = None
+        self.starts = 0
+        self.ready = asyncio.Event()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._notify: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        """Start supervising: spawn now, respawn after crashes, until stop()."""
+        self.notify_path.parent.mkdir(parents=True, exist_ok=True)
+        self.notify_path.unlink(missing_ok=True)
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(self.notify_path))
+        self._notify.setblocking(False)
+        asyncio.get_running_loop().add_reader(self._notify.fileno(), self._on_notify)
+        self._task = asyncio.create_task(self._supervise(), name=f"worker-{self.model.name}")
+
+    def _on_notify(self) -> None:
+        assert self._notify is not None
+        while True:
+            try:
+                data = self._notify.recv(4096).decode(errors="replace")
+            except BlockingIOError:
+                return
+            for line in data.splitlines():
+                key, _, value = line.partition("=")
+                if key == "READY" and value == "1":
+                    self.state, self.reason = "ready", ""
+                    self.ready.set()
+                elif key == "STATUS":
+                    if value.startswith("failed: "):
+                        self.reason = value.removeprefix("failed: ")
+                    elif value.startswith("loading"):
+                        self.state = "loading"
+
+    async def _supervise(self) -> None:
+        backoff = 1.0
+        while True:
+            rc = await self._run_once()
+            if self.stopping():
+                break
+            self.ready.clear()
+            self.state = "failed"
+            self.reason = self.reason or f"worker exited with status {rc}"
+            log.warning(
+                "worker %s failed (%s); restarting in %.0f s", self.model.name, self.reason, backoff
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def stopping(self) -> bool:
+        """True once stop() was called."""
+        return self._stopping
+
+    async def _run_once(self) -> int:
+        self.state, self.reason = "starting", ""
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
+        env.pop("LISTEN_FDS", None)
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cairn",
+            "worker",
+            "--config",
+            str(self.config_path),
+            "--model",
+            self.model.name,
+            "--socket",
+            str(self.socket_path),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        self.pid, self.starts = self._proc.pid, self.starts + 1
+        try:
+            await asyncio.wait_for(self._wait_ready_or_exit(), self.model.startup_timeout)
+        except TimeoutError:
+            self.reason = f"not ready after {self.model.startup_timeout:g} s"
+            self._proc.kill()
+        rc = await self._proc.wait()
+        self.pid = None
+        return rc
+
+    async def _wait_ready_or_exit(self) -> None:
+        assert self._proc is not None
+        ready = asyncio.create_task(self.ready.wait())
+        exited = asyncio.create_task(self._proc.wait())
+        await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        exited.cancel()
+
+    async def stop(self) -> None:
+        """Stop the worker (SIGTERM, then SIGKILL after a grace period) and stop supervising."""
+        self._stopping = True
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._notify is not None:
+            asyncio.get_running_loop().remove_reader(self._notify.fileno())
+            self._notify.close()
+            self.notify_path.unlink(missing_ok=True)
+        self.state, self.pid = "stopped", None
+        self.ready.clear()

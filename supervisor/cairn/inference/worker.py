@@ -1,0 +1,417 @@
+"""The model worker process: loads one model, serves OpenAI endpoints on a unix socket."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from cairn.config import Config, ModelConfig, ModelKind
+from cairn.inference import openai, pinning
+from cairn.inference.types import (
+    Chunk,
+    ModelLoadError,
+    PromptTooLong,
+    QueueFull,
+    SamplingParams,
+)
+from cairn.sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 256
+RETRY_AFTER_S = "1"
+
+
+class Generator(Protocol):
+    """What the worker needs of a text engine (LlamaEngine)."""
+
+    gpu_offload: bool
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
+    def generate(self, prompt: str, params: SamplingParams) -> AsyncGenerator[Chunk, None]: ...
+    def stats(self) -> dict[str, int | float]: ...
+    def close(self) -> None: ...
+
+
+class Embedder(Protocol):
+    """What the worker needs of an embedding engine (OnnxEmbedder)."""
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]: ...
+
+
+class Worker:
+    """One loaded model and the counters /health reports."""
+
+    def __init__(self, model: ModelConfig, cores: list[int]) -> None:
+        self.model = model
+        self.cores = cores
+        self.generator: Generator | None = None
+        self.embedder: Embedder | None = None
+        self.load_seconds = 0.0
+        self.device = "cpu"
+        self.device_reason = ""
+        self._cold = True  # the first request after start pays the load; its timings say so
+
+    def load(self) -> None:
+        """Load the model (blocking); raises ModelLoadError."""
+        t0 = time.monotonic()
+        m = self.model
+        if m.kind is ModelKind.GGUF:
+            from cairn.inference.llama_engine import LlamaEngine  # after the OMP env is set
+
+            layers, self.device_reason = gpu_layers(m.gpu_layers)
+            engine = LlamaEngine(
+                m.path,
+                n_ctx=m.context,
+                n_threads=m.threads,
+                n_gpu_layers=layers,
+                n_batch=m.batch,
+                slots=m.slots,
+                queue_limit=m.queue,
+            )
+            engine.start()
+            self.generator = engine
+            self.device = "cuda" if engine.gpu_offload else "cpu"
+        else:
+            from cairn.inference.onnx_engine import OnnxEmbedder
+
+            embedder = OnnxEmbedder(m.path, threads=m.threads, cores=self.cores or None)
+            self.embedder = embedder
+            self.device = "cuda" if embedder.providers[0].startswith("CUDA") else "cpu"
+            self.device_reason = f"onnxruntime with {', '.join(embedder.providers)}"
+        self.load_seconds = time.monotonic() - t0
+
+    def take_cold(self) -> float:
+        """Load seconds for the first request after start, 0 for every later one."""
+        if self._cold:
+            self._cold = False
+            return self.load_seconds
+        return 0.0
+
+    def health(self) -> dict[str, Any]:
+        """What /health reports: model, device, pinning, engine counters."""
+        return {
+            "model": self.model.name,
+            "kind": str(self.model.kind),
+            "state": "ready",
+            "pid": os.getpid(),
+            "load_seconds": self.load_seconds,
+            "device": self.device,
+            "device_reason": self.device_reason,
+            "cores": self.cores,
+            "threads": {str(t): c for t, c in pinning.thread_map(os.getpid()).items()},
+            "stats": self.generator.stats() if self.generator else {},
+        }
+
+
+def gpu_layers(wanted: int) -> tuple[int, str]:
+    """Layers to offload, and why: NVML must see a GPU and llama.cpp must be built for it."""
+    if wanted == 0:
+        return 0, "gpu_layers = 0: CPU only"
+    from cairn.gpu import Nvml
+
+    nv = Nvml()
+    nv.start()
+    gpus, reason = nv.sample()
+    nv.stop()
+    if not gpus:
+        return 0, f"no GPU, running on CPU ({reason})"
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        return 0, "llama-cpp-python is built without GPU support, running on CPU"
+    return wanted, f"offloading {wanted} layers to {gpus[0].name}"
+
+
+WORKER = web.AppKey("worker", Worker)
+
+
+def _sse(data: Any) -> bytes:
+    return b"data: " + msgspec.json.encode(data) + b"\n\n"
+
+
+async def _first(gen: AsyncIterator[Chunk]) -> Chunk:
+    """The first chunk; QueueFull surfaces here, before any response has started."""
+    return await gen.__anext__()
+
+
+def _busy(model: str) -> web.Response:
+    return openai.error(
+        429,
+        f"model '{model}' is busy: every slot and queue place is taken; retry shortly",
+        "server_busy",
+        code="queue_full",
+        headers={"Retry-After": RETRY_AFTER_S},
+    )
+
+
+async def _generate(
+    request: web.Request,
+    prompt: str,
+    params: SamplingParams,
+    *,
+    chat: bool,
+    include_usage: bool,
+    stream: bool,
+) -> web.StreamResponse:
+    worker = request.app[WORKER]
+    assert worker.generator is not None
+    name = worker.model.name
+    env = openai.Envelope(name, "chatcmpl" if chat else "cmpl")
+    gen = worker.generator.generate(prompt, params)
+    try:
+        try:
+            chunk = await _first(gen)
+        except QueueFull:
+            return _busy(name)
+        except ValueError as err:  # PromptTooLong, max_tokens < 1: the request's fault
+            return openai.error(
+                400,
+                str(err),
+                "invalid_request_error",
+                param="messages" if chat else "prompt",
+                code="context_length_exceeded" if isinstance(err, PromptTooLong) else None,
+            )
+        if not stream:
+            parts = [chunk.text]
+            while chunk.finish_reason is None:
+                chunk = await gen.__anext__()
+                parts.append(chunk.text)
+            extra = {"timings": openai.timings_json(chunk.timings, worker.take_cold())}
+            body = (
+                env.chat("".join(parts), chunk, extra)
+                if chat
+                else env.text("".join(parts), chunk, extra)
+            )
+            return web.json_response(body, dumps=lambda o: msgspec.json.encode(o).decode())
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        if chat:
+            await resp.write(_sse(env.chat_chunk({"role": "assistant", "content": ""}, None)))
+        while True:
+            if chunk.text:
+                piece = (
+                    env.chat_chunk({"content": chunk.text}, None)
+                    if chat
+                    else env.text_chunk(chunk.text, None)
+                )
+                await resp.write(_sse(piece))
+            if chunk.finish_reason is not None:
+                break
+            chunk = await gen.__anext__()
+        reason = str(chunk.finish_reason)
+        last = env.chat_chunk({}, reason) if chat else env.text_chunk("", reason)
+        last["timings"] = openai.timings_json(chunk.timings, worker.take_cold())
+        await resp.write(_sse(last))
+        if include_usage:
+            obj = "chat.completion.chunk" if chat else "text_completion"
+            await resp.write(_sse(env.usage_chunk(obj, chunk)))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+    finally:
+        # On a client disconnect the handler is cancelled here; closing the generator takes
+        # the sequence out of the batch and frees its slot.
+        await gen.aclose()
+
+
+def _bad_request(err: openai.RequestError) -> web.Response:
+    return openai.error(400, str(err), "invalid_request_error", param=err.param)
+
+
+async def _text(
+    request: web.Request, kind: type[openai.ChatRequest] | type[openai.CompletionRequest]
+) -> web.StreamResponse:
+    worker = request.app[WORKER]
+    try:
+        req = openai.parse(await request.read(), kind)
+        if worker.generator is None:
+            raise openai.RequestError(
+                f"model '{worker.model.name}' serves embeddings only", "model"
+            )
+        chat = isinstance(req, openai.ChatRequest)
+        wanted = req.max_completion_tokens if isinstance(req, openai.ChatRequest) else None
+        params = req.sampling(wanted or req.max_tokens or DEFAULT_MAX_TOKENS)
+        openai.check_stop(params.stop)
+    except openai.RequestError as err:
+        return _bad_request(err)
+    if isinstance(req, openai.ChatRequest):
+        prompt = worker.generator.chat_prompt(
+            [{"role": m.role, "content": m.text()} for m in req.messages]
+        )
+    else:
+        prompt = req.text()
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return await _generate(
+        request, prompt, params, chat=chat, include_usage=include_usage, stream=req.stream
+    )
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions."""
+    return await _text(request, openai.ChatRequest)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/completions."""
+    return await _text(request, openai.CompletionRequest)
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """POST /v1/embeddings."""
+    worker = request.app[WORKER]
+    try:
+        req = openai.parse(await request.read(), openai.EmbeddingRequest)
+        if worker.embedder is None:
+            raise openai.RequestError(
+                f"model '{worker.model.name}' is not an embedding model", "model"
+            )
+    except openai.RequestError as err:
+        return _bad_request(err)
+    t0 = time.monotonic()
+    vectors, tokens = await asyncio.to_thread(worker.embedder.embed, req.texts())
+    # The official client asks for base64: little-endian float32, as OpenAI sends it.
+    encode: Callable[[list[float]], Any] = (
+        (lambda v: base64.b64encode(array.array("f", v).tobytes()).decode())
+        if req.encoding_format == "base64"
+        else (lambda v: v)
+    )
+    body = {
+        "object": "list",
+        "model": worker.model.name,
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode(v)}
+            for i, v in enumerate(vectors)
+        ],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "timings": {
+            "queue": 0.0,
+            "load": worker.take_cold(),
+            "prompt": time.monotonic() - t0,
+            "generation": 0.0,
+        },
+    }
+    return web.json_response(body, dumps=lambda o: msgspec.json.encode(o).decode())
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health: the worker's own view."""
+    return web.json_response(request.app[WORKER].health())
+
+
+@web.middleware
+async def errors_as_openai(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unexpected failures answer 500 in OpenAI's shape; the trace goes to the log only."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return openai.error(500, "internal error in the model worker; see its log", "server_error")
+
+
+def create_app(worker: Worker) -> web.Application:
+    """The worker's internal HTTP app (reached only through the supervisor's front)."""
+    app = web.Application(client_max_size=64 << 20, middlewares=[errors_as_openai])
+    app[WORKER] = worker
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    return app
+
+
+def listening_socket(path: str | None) -> socket.socket:
+    """The socket systemd passed (socket activation), else one bound at `path`."""
+    from systemd import daemon
+
+    fds = daemon.listen_fds()
+    if fds:
+        return socket.socket(fileno=fds[0])
+    if path is None:
+        raise SystemExit("cairn worker: no socket from systemd and no --socket PATH")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(p))
+    sock.listen(128)
+    return sock
+
+
+async def serve(worker: Worker, sock: socket.socket, notifier: Notifier) -> None:
+    """Serve on `sock` until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # handler_cancellation: a client that hangs up cancels its handler, and with it the
+    # generation (see _generate's finally).
+    runner = web.AppRunner(create_app(worker), handler_cancellation=True, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        notifier.send(f"READY=1\nSTATUS=serving {worker.model.name} on {worker.device}")
+        log.info("serving %s (%s) on %s", worker.model.name, worker.device, sock.getsockname())
+        watchdog = asyncio.create_task(notifier.watchdog())
+        await stop.wait()
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
+    finally:
+        notifier.send("STOPPING=1")
+        await runner.cleanup()
+        if worker.generator is not None:
+            worker.generator.close()
+
+
+def main(config: Config, name: str, socket_path: str | None) -> int:
+    """Entry point of `cairn worker`: pin, load, notify, serve."""
+    notifier = Notifier()
+    model = config.model(name)
+    if model is None:
+        notifier.send(f"STATUS=failed: no model '{name}' in the config")
+        log.error("no model %r in the config", name)
+        return 2
+    try:
+        cores = (
+            pinning.plan(pinning.resolve_cpus(model.cpus), model.threads)
+            if (model.cpus is not None)
+            else []
+        )
+    except ValueError as err:
+        notifier.send(f"STATUS=failed: {err}")
+        log.error("cannot pin %s: %s", name, err)
+        return 2
+    # OpenMP reads its binding once, when libgomp loads: set it before any engine import.
+    if cores:
+        os.environ.update(pinning.omp_environment(cores))
+    sock = listening_socket(socket_path)
+    notifier.send(f"STATUS=loading {model.path}")
+    worker = Worker(model, cores)
+    try:
+        worker.load()
+    except ModelLoadError as err:
+        notifier.send(f"STATUS=failed: {err}")
+        log.error("cannot load %s: %s", name, err)
+        return 1
+    log.info("loaded %s in %.2f s (%s)", name, worker.load_seconds, worker.device_reason)
+    asyncio.run(serve(worker, sock, notifier))
+    return 0

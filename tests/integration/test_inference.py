@@ -1,0 +1,216 @@
+"""The OpenAI-compatible front, driven by the official `openai` client against a real node."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from cairn.inference import demo
+from tests.conftest import Node, wait_for
+
+
+@pytest.fixture(scope="module")
+def models_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="cairn-models-"))
+    demo.write(d)
+    (d / "broken.gguf").write_bytes(b"GGUF" + os.urandom(4096))  # a corrupt model file
+    yield d
+    shutil.rmtree(d)
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="cs-", dir="/tmp")  # unix socket paths must stay short
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def model(name: str, path: Path, kind: str = "gguf", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "path": str(path), "kind": kind, "threads": 1, **extra}
+
+
+@pytest.fixture
+def node(start_node: Callable[..., Node], models_dir: Path, socket_dir: str) -> Node:
+    n = start_node(
+        probe_interval=1.0,
+        inference={"socket_dir": socket_dir},
+        models=[
+            model("demo", models_dir / "demo.gguf", slots=4, context=2048),
+            model("demo-embed", models_dir / "demo-embed.onnx", kind="onnx"),
+            model("tight", models_dir / "demo.gguf", slots=1, queue=0, context=4096),
+            model("broken", models_dir / "broken.gguf"),
+        ],
+    )
+    wait_for(
+        lambda: all(m["state"] in ("ready", "failed") for m in status(n)["models"].values()),
+        60,
+        "every worker to load or fail",
+    )
+    return n
+
+
+def status(n: Node) -> dict[str, Any]:
+    doc: dict[str, Any] = n.get("/status").json()
+    return doc
+
+
+def client(n: Node) -> openai.OpenAI:
+    return openai.OpenAI(base_url=n.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
+
+
+def test_lists_models(node: Node) -> None:
+    assert {m.id for m in client(node).models.list()} == {"demo", "demo-embed", "tight", "broken"}
+
+
+def test_chat_completion(node: Node) -> None:
+    r = client(node).chat.completions.create(
+        model="demo", messages=CHAT, max_tokens=8, temperature=0
+    )
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage is not None and 0 < r.usage.completion_tokens <= 8
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.model == "demo" and r.object == "chat.completion"
+
+
+def test_text_completion_with_stop_and_max_tokens(node: Node) -> None:
+    c = client(node)
+    full = c.completions.create(model="demo", prompt="abc", max_tokens=12, temperature=0)
+    assert full.choices[0].finish_reason == "length"
+    assert full.usage is not None and full.usage.completion_tokens == 12
+    text = full.choices[0].text
+    if len(text) > 3:  # stop on a piece of the greedy output: it must end there, excluded
+        stop = text[2:4]
+        cut = c.completions.create(
+            model="demo", prompt="abc", max_tokens=12, temperature=0, stop=[stop]
+        )
+        assert cut.choices[0].finish_reason == "stop"
+        assert cut.choices[0].text == text[: text.index(stop)]
+
+
+def test_streaming_chat_matches_the_whole_answer(node: Node) -> None:
+    c = client(node)
+    whole = c.chat.completions.create(model="demo", messages=CHAT, max_tokens=16, temperature=0)
+    pieces, finish = [], None
+    for chunk in c.chat.completions.create(
+        model="demo", messages=CHAT, max_tokens=16, temperature=0, stream=True
+    ):
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+
+
+def test_embeddings(node: Node) -> None:
+    r = client(node).embeddings.create(model="demo-embed", input=["cairn", "stones"])
+    a, b = (d.embedding for d in r.data)
+    assert len(a) == len(b) == 32 and a != b
+    assert abs(sum(x * x for x in a) - 1.0) < 1e-4
+    assert r.usage.prompt_tokens == len("cairn") + len("stones")
+
+
+def test_unknown_model_is_404(node: Node) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        client(node).chat.completions.create(model="nope", messages=CHAT)
+    assert exc.value.code == "model_not_found"
+
+
+def test_invalid_body_is_400_naming_the_field(node: Node) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        bad: Any = [{"role": "user", "content": 5}]
+        client(node).chat.completions.create(model="demo", messages=bad)
+    body = exc.value.body
+    assert isinstance(body, dict) and body["param"] == "messages.0.content"
+
+
+def test_corrupt_model_is_503_with_reason_while_others_serve(node: Node) -> None:
+    with pytest.raises(openai.InternalServerError) as exc:
+        client(node).chat.completions.create(model="broken", messages=CHAT)
+    assert exc.value.status_code == 503
+    assert "broken" in str(exc.value) and "unavailable" in str(exc.value)
+    assert status(node)["models"]["broken"]["state"] == "failed"
+    ok = client(node).chat.completions.create(model="demo", messages=CHAT, max_tokens=2)
+    assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_full_queue_is_429_with_retry_after(node: Node) -> None:
+    c = client(node)
+    stream = c.chat.completions.create(
+        model="tight", messages=CHAT, max_tokens=3000, temperature=1.0, stream=True
+    )
+    next(iter(stream))  # the only slot is now generating
+    try:
+        with pytest.raises(openai.RateLimitError) as exc:
+            c.chat.completions.create(model="tight", messages=CHAT, max_tokens=2)
+        assert exc.value.response.headers["Retry-After"] == "1"
+    finally:
+        stream.close()
+
+
+def test_client_disconnect_cancels_generation(node: Node) -> None:
+    c = client(node)
+    stream = c.chat.completions.create(
+        model="tight", messages=CHAT, max_tokens=3500, temperature=1.0, stream=True
+    )
+    next(iter(stream))
+    stream.close()  # hang up mid-stream
+    # The slot frees long before 3500 tokens could be generated: the request was cancelled.
+    wait_for(
+        lambda: (
+            status(node)["models"]["tight"]["stats"].get("active") == 0
+            and status(node)["models"]["tight"]["stats"].get("cancelled_total", 0) >= 1
+        ),
+        15,
+        "the cancelled request to leave its slot",
+    )
+
+
+def test_four_streams_on_four_slots_interleave(node: Node) -> None:
+    arrivals: list[tuple[float, int]] = []
+    lock = threading.Lock()
+    go = threading.Barrier(4)
+    clients = [client(node) for _ in range(4)]
+
+    def run(i: int) -> None:
+        go.wait()  # all four ask at once
+        for chunk in clients[i].completions.create(
+            model="demo", prompt=f"request {i}", max_tokens=400, temperature=0, stream=True
+        ):
+            if chunk.choices and chunk.choices[0].text:
+                with lock:
+                    arrivals.append((time.monotonic(), i))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    spans = {
+        i: (min(t for t, j in arrivals if j == i), max(t for t, j in arrivals if j == i))
+        for i in range(4)
+    }
+    # Overlap, not one after another: every stream starts before every other one ends.
+    for i in range(4):
+        for j in range(4):
+            if i != j:
+                assert spans[i][0] < spans[j][1], (i, j, spans)
+    order = [j for _, j in sorted(arrivals)]
+    switches = sum(1 for a, b in itertools.pairwise(order) if a != b)
+    assert switches >= 8, order  # tokens of different requests interleave

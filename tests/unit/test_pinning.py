@@ -1,0 +1,182 @@
+"""CPU pinning: resolving the configured cores, the plan, OpenMP settings, /proc thread masks."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cairn.inference.pinning import (
+    PinningError,
+    omp_environment,
+    pin_new_threads,
+    pinned_threads,
+    plan,
+    resolve_cpus,
+    thread_map,
+)
+
+
+@pytest.fixture
+def sysfs(tmp_path: Path) -> tuple[Path, Path]:
+    """An `isolated` file listing 2-3 and an `online` file listing 0-3."""
+    isolated, online = tmp_path / "isolated", tmp_path / "online"
+    isolated.write_text("2-3\n")
+    online.write_text("0-3\n")
+    return isolated, online
+
+
+def resolve(spec: str | list[int] | None, files: tuple[Path, Path]) -> list[int]:
+    return resolve_cpus(spec, isolated_path=files[0], online_path=files[1])
+
+
+def test_none_means_the_current_mask(sysfs: tuple[Path, Path]) -> None:
+    assert resolve(None, sysfs) == sorted(os.sched_getaffinity(0))
+
+
+def test_isolated_reads_the_isolated_cores(sysfs: tuple[Path, Path]) -> None:
+    assert resolve("isolated", sysfs) == [2, 3]
+
+
+def test_isolated_without_isolated_cores_is_an_error(sysfs: tuple[Path, Path]) -> None:
+    sysfs[0].write_text("\n")  # what the kernel shows without isolcpus=
+    with pytest.raises(PinningError, match="no core is isolated"):
+        resolve("isolated", sysfs)
+
+
+def test_isolated_without_the_sysfs_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PinningError, match="no core is isolated"):
+        resolve_cpus("isolated", isolated_path=tmp_path / "absent")
+
+
+def test_explicit_list_is_kept_sorted(sysfs: tuple[Path, Path]) -> None:
+    assert resolve([3, 0], sysfs) == [0, 3]
+
+
+def test_explicit_kernel_format_string(sysfs: tuple[Path, Path]) -> None:
+    assert resolve("0-1,3", sysfs) == [0, 1, 3]
+
+
+def test_core_not_online_is_named(sysfs: tuple[Path, Path]) -> None:
+    with pytest.raises(PinningError, match=r"cpus \[7\] not online \(online: 0,1,2,3\)"):
+        resolve([1, 7], sysfs)
+
+
+def test_isolated_cores_outside_this_process_mask_are_accepted(sysfs: tuple[Path, Path]) -> None:
+    # The supervisor runs on housekeeping cores but places workers on isolated ones.
+    sysfs[1].write_text(f"0-{max(os.sched_getaffinity(0)) + 4}\n")
+    beyond = max(os.sched_getaffinity(0)) + 3
+    assert resolve([beyond], sysfs) == [beyond]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [([], "empty"), ([1, 1], "twice"), ("some", "neither 'isolated' nor a CPU list")],
+)
+def test_bad_specs_are_errors(
+    sysfs: tuple[Path, Path], spec: list[int] | str, message: str
+) -> None:
+    with pytest.raises(PinningError, match=message):
+        resolve(spec, sysfs)
+
+
+def test_pinning_errors_are_value_errors() -> None:
+    # The worker reports bad pinning settings by catching ValueError.
+    assert issubclass(PinningError, ValueError)
+
+
+def test_plan_takes_one_core_per_thread() -> None:
+    assert plan([5, 2, 3], 2) == [2, 3]
+
+
+def test_plan_with_too_many_threads_names_both_numbers() -> None:
+    with pytest.raises(PinningError, match=r"3 threads need 3 cores, only 2 given \(0,1\)"):
+        plan([0, 1], 3)
+
+
+def test_plan_needs_a_thread() -> None:
+    with pytest.raises(PinningError, match="at least 1"):
+        plan([0, 1], 0)
+
+
+def test_omp_environment_binds_one_thread_per_core() -> None:
+    assert omp_environment([2, 5, 6]) == {
+        "OMP_NUM_THREADS": "3",
+        "OMP_PLACES": "{2},{5},{6}",
+        "OMP_PROC_BIND": "close",
+    }
+
+
+def test_omp_environment_needs_cores() -> None:
+    with pytest.raises(PinningError):
+        omp_environment([])
+
+
+def fake_proc(root: Path, pid: int, masks: dict[int, str]) -> Path:
+    for tid, mask in masks.items():
+        task = root / str(pid) / "task" / str(tid)
+        task.mkdir(parents=True)
+        task.joinpath("status").write_text(
+            f"Name:\tpython\nCpus_allowed:\tff\nCpus_allowed_list:\t{mask}\nMems_allowed:\t1\n"
+        )
+    return root
+
+
+def test_thread_map_reads_each_threads_allowed_cores(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, 42, {42: "0-3", 43: "2", 44: "3"})
+    assert thread_map(42, proc=proc) == {42: [0, 1, 2, 3], 43: [2], 44: [3]}
+
+
+def test_pinned_threads_are_those_on_exactly_one_core(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, 42, {42: "0-3", 43: "2", 44: "3"})
+    assert pinned_threads(42, proc=proc) == {43: 2, 44: 3}
+
+
+def test_thread_map_of_a_gone_process_is_empty(tmp_path: Path) -> None:
+    assert thread_map(42, proc=tmp_path) == {}
+
+
+def test_thread_map_of_this_process_has_this_thread() -> None:
+    here = thread_map(os.getpid())
+    assert here[threading.get_native_id()] == sorted(os.sched_getaffinity(0))
+
+
+@pytest.fixture
+def park() -> Iterator[Callable[[int], list[int]]]:
+    """Factory: start n idle threads (ended after the test) and return their thread ids."""
+    release = threading.Event()
+    started: list[threading.Thread] = []
+
+    def start(n: int) -> list[int]:
+        threads = [threading.Thread(target=release.wait) for _ in range(n)]
+        for t in threads:
+            t.start()  # returns once the OS thread exists, so it is already in /proc
+        started.extend(threads)
+        return [t.native_id for t in threads if t.native_id is not None]
+
+    yield start
+    release.set()
+    for t in started:
+        t.join()
+
+
+def test_pin_new_threads_pins_only_threads_started_since(park: Callable[[int], list[int]]) -> None:
+    core = max(os.sched_getaffinity(0))
+    before = set(thread_map(os.getpid()))
+    (tid,) = park(1)
+    assert pin_new_threads(before, [core]) == {tid: core}
+    after = thread_map(os.getpid())
+    assert after[tid] == [core]
+    assert after[threading.get_native_id()] == sorted(os.sched_getaffinity(0))
+
+
+def test_pin_new_threads_refuses_more_threads_than_cores(park: Callable[[int], list[int]]) -> None:
+    before = set(thread_map(os.getpid()))
+    tids = park(2)
+    with pytest.raises(PinningError, match="2 new threads but only 1 cores"):
+        pin_new_threads(before, [0])
+    masks = thread_map(os.getpid())
+    assert all(len(masks[t]) == len(os.sched_getaffinity(0)) for t in tids)  # nothing pinned
