@@ -214,3 +214,17 @@ def test_four_streams_on_four_slots_interleave(node: Node) -> None:
     order = [j for _, j in sorted(arrivals)]
     switches = sum(1 for a, b in itertools.pairwise(order) if a != b)
     assert switches >= 8, order  # tokens of different requests interleave
+
+
+def test_sigterm_stops_node_and_workers_within_5s(node: Node) -> None:
+    pids = [m["pid"] for m in status(node)["models"].values() if m["pid"]]
+    assert pids
+    sent = time.monotonic()
+    node.proc.terminate()
+    assert node.proc.wait(timeout=5) == 0
+    assert time.monotonic() - sent < 5
+    for pid in pids:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        ), f"worker {pid} outlived the supervisor"

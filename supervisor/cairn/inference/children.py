@@ -15,7 +15,7 @@ from cairn.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 5.0
+STOP_GRACE_S = 3.0  # the supervisor as a whole must stop within 5 s
 MAX_BACKOFF_S = 60.0
 
 
