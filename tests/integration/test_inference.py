@@ -223,8 +223,5 @@ def test_sigterm_stops_node_and_workers_within_5s(node: Node) -> None:
     node.proc.terminate()
     assert node.proc.wait(timeout=5) == 0
     assert time.monotonic() - sent < 5
-    for pid in pids:
-        assert (
-            not Path(f"/proc/{pid}").exists()
-            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
-        ), f"worker {pid} outlived the supervisor"
+    for pid in pids:  # stopped and reaped by the supervisor before it exited
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the supervisor"
