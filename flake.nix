@@ -49,6 +49,8 @@
         appliance = ./modules/appliance.nix;
         tuning = ./modules/tuning.nix;
         supervisor = ./modules/supervisor.nix;
+        # services.cairn.models: cairn-model@NAME sockets and hardened worker units.
+        inference = ./modules/inference.nix;
         pxe-server = ./pxe/server.nix;
       };
 
@@ -147,6 +149,7 @@
 
           vm-node = import ./tests/nixos/node.nix testArgs;
           vm-netboot = import ./tests/nixos/netboot.nix testArgs;
+          vm-inference = import ./tests/nixos/inference.nix testArgs;
         };
 
       formatter.${system} = pkgs.nixfmt;

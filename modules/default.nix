@@ -4,6 +4,7 @@
     ./appliance.nix
     ./tuning.nix
     ./supervisor.nix
+    ./inference.nix
     ../pxe/server.nix
   ];
 }

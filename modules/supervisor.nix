@@ -112,6 +112,18 @@ in
       '';
     };
 
+    configFile = mkOption {
+      type = types.path;
+      readOnly = true;
+      internal = true;
+      default = configFile;
+      defaultText = literalExpression "the checked JSON rendering of services.cairn.settings";
+      description = ''
+        The supervisor's settings as JSON, checked with `cairn config check` at build time: what
+        cairn.service runs with, and what the model workers of `modules/inference.nix` read.
+      '';
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;

@@ -25,6 +25,19 @@
     settings = import ./settings.nix;
     # settings.nix listens on the LAN so peers can route requests here.
     openFirewall = true;
+    # Models run as socket-activated workers pinned to the isolated core (modules/inference.nix).
+    # The store path goes into the netboot image, which the node holds in RAM: keep it small.
+    # (Uncommenting needs `pkgs` in this file's arguments.)
+    # models.tiny = {
+    #   file = pkgs.fetchurl {
+    #     url = "https://huggingface.co/<org>/<repo>/resolve/main/<model>.Q4_K_M.gguf";
+    #     hash = lib.fakeHash; # the first build fails and prints the real hash
+    #   };
+    #   context = 2048;
+    #   threads = 1;
+    #   slots = 2;
+    #   cpus = "isolated";
+    # };
   };
 
   system.stateVersion = "26.05";

@@ -34,6 +34,19 @@
     settings = import ./settings.nix;
     # settings.nix listens on the LAN so peers can route requests here.
     openFirewall = true;
+    # Models run as socket-activated workers on the isolated cores (modules/inference.nix); a
+    # worker with gpuLayers > 0 gets the NVIDIA devices and nothing else.
+    # models.chat = {
+    #   file = pkgs.fetchurl {
+    #     url = "https://huggingface.co/<org>/<repo>/resolve/main/<model>.Q4_K_M.gguf";
+    #     hash = lib.fakeHash; # the first build fails and prints the real hash
+    #   };
+    #   context = 8192;
+    #   threads = 8;
+    #   slots = 4;
+    #   gpuLayers = 99;
+    #   cpus = "isolated";
+    # };
   };
 
   system.stateVersion = "26.05";

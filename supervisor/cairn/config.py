@@ -46,7 +46,12 @@ def _default_state_dir() -> str:
     # systemd's StateDirectory= sets STATE_DIRECTORY; standalone falls back to the XDG state home.
     if env := os.environ.get("STATE_DIRECTORY"):
         return env.split(":")[0]
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    xdg = os.environ.get("XDG_STATE_HOME")
+    if not xdg:
+        try:
+            xdg = str(Path.home() / ".local" / "state")
+        except (RuntimeError, KeyError):  # a systemd DynamicUser has neither HOME nor a passwd home
+            return "/var/lib/cairn"
     return str(Path(xdg).absolute() / "cairn")
 
 

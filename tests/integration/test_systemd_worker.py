@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from cairn.inference import demo_gguf
-from tests.conftest import CAIRN_BIN
+from tests.conftest import CAIRN_BIN, REPO
 from tests.harness import wait_until
+
+# The sandbox NixOS puts on every worker (modules/inference.nix reads the same file).
+HARDENING = (REPO / "modules" / "model-unit-hardening.conf").read_text()
+# Only for this test machine: its interpreter and checkout may live under /root, which
+# ProtectHome= hides; on NixOS both are in the store. ProtectHome=tmpfs still hides homes.
+TEST_PATHS = f"""\
+[Service]
+ProtectHome=tmpfs
+BindReadOnlyPaths={sys.base_prefix} {REPO}
+"""
+MAX_EXPOSURE = 2.0
 
 SOCKET_UNIT = """\
 [Unit]
@@ -55,6 +67,8 @@ def files() -> dict[str, str | bytes]:
     return {
         "/etc/systemd/system/cairn-model@.socket": SOCKET_UNIT,
         "/etc/systemd/system/cairn-model@.service": SERVICE_UNIT,
+        "/etc/systemd/system/cairn-model@.service.d/hardening.conf": HARDENING,
+        "/etc/systemd/system/cairn-model@.service.d/test-paths.conf": TEST_PATHS,
         "/etc/systemd/system/cairn.service": SUPERVISOR_UNIT,
         "/etc/cairn/cairn.json": json.dumps(CONFIG),
         "/etc/cairn/demo.gguf": model,
@@ -81,6 +95,7 @@ def chat(node: Any) -> dict[str, Any]:
 
 def test_first_request_activates_the_worker_and_stop_frees_it(cluster_factory) -> None:
     node = cluster_factory(1, files=files()).nodes[0]
+    node.exec(["chmod", "755", "/root"])  # the interpreter bind below /root must be reachable
     node.start_unit("cairn-model@demo.socket")
     node.start_unit("cairn.service")
     node.wait_unit("cairn.service", "active", timeout=60)
@@ -93,6 +108,8 @@ def test_first_request_activates_the_worker_and_stop_frees_it(cluster_factory) -
     assert worker.ActiveState == "active" and worker.SubState == "running"
     pid = worker.MainPID
     assert node.exec(["cat", f"/proc/{pid}/comm"]).stdout.strip().startswith("cairn")
+    uid = node.exec(["stat", "-c", "%u", f"/proc/{pid}"]).stdout.strip()
+    assert int(uid) >= 61184, f"worker runs as uid {uid}, not a DynamicUser"
 
     node.stop_unit("cairn-model@demo.service")
     assert worker.ActiveState == "inactive"
@@ -102,3 +119,13 @@ def test_first_request_activates_the_worker_and_stop_frees_it(cluster_factory) -
     assert node.unit("cairn-model@demo.socket").ActiveState == "active"
     assert chat(node)["object"] == "chat.completion"
     wait_until(lambda: worker.ActiveState == "active", 10, what="the worker to run again")
+
+
+def test_worker_sandbox_exposure_is_at_most_2(cluster_factory) -> None:
+    node = cluster_factory(1, files=files()).nodes[0]
+    node.systemd.Reload()
+    out = node.exec(["systemd-analyze", "security", "--no-pager", "cairn-model@demo.service"])
+    last = out.stdout.strip().splitlines()[-1]
+    # "→ Overall exposure level for cairn-model@demo.service: 0.3 SAFE 😀"
+    exposure = float(last.split(":")[1].split()[0])
+    assert exposure <= MAX_EXPOSURE, out.stdout

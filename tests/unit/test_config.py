@@ -136,3 +136,15 @@ def test_models_are_validated_with_their_paths() -> None:
         with pytest.raises(ConfigError) as exc:
             config.from_mapping({"version": 1, "models": models})
         assert exc.value.path == path, (models, exc.value)
+
+
+def test_state_dir_without_any_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A DynamicUser worker: no HOME, no STATE_DIRECTORY, no passwd entry for its uid.
+    for var in ("STATE_DIRECTORY", "XDG_STATE_HOME", "HOME"):
+        monkeypatch.delenv(var, raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(config.Path, "home", staticmethod(no_home))
+    assert config.standalone_default().node.state_dir == "/var/lib/cairn"
