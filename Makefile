@@ -36,7 +36,7 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: run test lint typecheck unit integration bench-footprint apt-run apt-test clean
+.PHONY: run test lint typecheck unit integration bench-footprint bench-inference apt-run apt-test clean
 
 run: $(VENV)/.run-installed
 	@echo "Starting a Cairn node; it logs its URL (default http://127.0.0.1:8470/). Ctrl-C stops it."
@@ -60,6 +60,12 @@ integration: $(VENV)/.test-installed apt-test
 
 bench-footprint: $(VENV)/.run-installed
 	$(BIN)/python -m tests.bench.footprint
+
+# Tokens/s and time to first token beside llama-server and llama-cpp-python's server; builds
+# llama-server once (minutes) into ~/.cache/cairn/bench. BENCH_ARGS=--quick for a smoke run.
+bench-inference: $(VENV)/.run-installed
+	$(PIP) --editable '.[bench]'
+	$(BIN)/python -m tests.bench.inference $(BENCH_ARGS)
 
 apt-run:
 	$(call apt_ensure,$(RUN_APT))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -137,5 +136,9 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     yield start
     for node in started:
         if node.proc.poll() is None:
-            node.proc.send_signal(signal.SIGKILL)
-            node.proc.wait()
+            node.proc.terminate()  # a clean stop also stops the node's workers
+            try:
+                node.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()

@@ -225,3 +225,15 @@ def test_sigterm_stops_node_and_workers_within_5s(node: Node) -> None:
     assert time.monotonic() - sent < 5
     for pid in pids:  # stopped and reaped by the supervisor before it exited
         assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the supervisor"
+
+
+def test_workers_die_with_a_killed_supervisor(node: Node) -> None:
+    pids = [m["pid"] for m in status(node)["models"].values() if m["pid"]]
+    assert pids
+    node.proc.kill()  # SIGKILL: no chance to stop its children itself
+    node.proc.wait()
+    wait_for(
+        lambda: not any(Path(f"/proc/{p}").exists() for p in pids),
+        10,
+        "the workers to exit after their supervisor died",
+    )

@@ -146,5 +146,5 @@ def test_state_dir_without_any_home(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_home() -> Path:
         raise RuntimeError("Could not determine home directory.")
 
-    monkeypatch.setattr(config.Path, "home", staticmethod(no_home))
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
     assert config.standalone_default().node.state_dir == "/var/lib/cairn"

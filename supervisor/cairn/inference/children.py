@@ -92,7 +92,11 @@ class ChildWorker:
 
     async def _run_once(self) -> int:
         self.state, self.reason = "starting", ""
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
+        env = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(self.notify_path),
+            "CAIRN_SUPERVISOR_PID": str(os.getpid()),  # the worker dies with us (PDEATHSIG)
+        }
         env.pop("LISTEN_FDS", None)
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,

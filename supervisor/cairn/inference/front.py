@@ -229,8 +229,8 @@ class Inference:
                 await resp.write_eof()
                 return resp
         except (aiohttp.ClientConnectionError, OSError) as err:
-            if resp is not None and resp.prepared:  # the worker died mid-stream: nothing to add
-                log.warning("stream from %s broke: %s", model.cfg.name, err)
+            if resp is not None and resp.prepared:  # either side hung up mid-stream
+                log.info("stream of %s ended early: %s", model.cfg.name, err)
                 return resp
             if model.child is None:
                 model.health = None

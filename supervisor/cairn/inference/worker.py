@@ -6,6 +6,7 @@ import array
 import asyncio
 import base64
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -33,6 +34,8 @@ from cairn.sdnotify import Notifier
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 256
+SUPERVISOR_PID_ENV = "CAIRN_SUPERVISOR_PID"
+PR_SET_PDEATHSIG = 1
 RETRY_AFTER_S = "1"
 
 
@@ -382,8 +385,21 @@ async def serve(worker: Worker, sock: socket.socket, notifier: Notifier) -> None
             worker.generator.close()
 
 
+def die_with_supervisor() -> None:
+    """A standalone worker ends when its supervisor does, even one killed with SIGKILL."""
+    parent = os.environ.get(SUPERVISOR_PID_ENV)
+    if not parent:
+        return  # under systemd the unit's lifecycle is systemd's business
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != int(parent):  # it died before prctl took effect
+        raise SystemExit(1)
+
+
 def main(config: Config, name: str, socket_path: str | None) -> int:
     """Entry point of `cairn worker`: pin, load, notify, serve."""
+    die_with_supervisor()
     notifier = Notifier()
     model = config.model(name)
     if model is None:
