@@ -79,6 +79,7 @@ let
         batch
         slots
         queue
+        embedding
         ;
       gpu_layers = m.gpuLayers;
       idle_ttl = m.idleTtl;
@@ -220,6 +221,13 @@ let
           Seconds without requests after which the supervisor's sleeper may stop the worker
           (`idle_ttl`); its socket keeps listening, so the next request starts it again.
         '';
+      };
+
+      embedding = mkOption {
+        type = types.bool;
+        default = false;
+        example = true;
+        description = "Whether this GGUF model is an embedding model: it serves `/v1/embeddings` (mean-pooled, normalised vectors) instead of completions.";
       };
 
       startupTimeout = mkOption {

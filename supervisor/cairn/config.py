@@ -148,6 +148,9 @@ class ModelConfig(_Section, frozen=True):
         float, msgspec.Meta(gt=0, description="seconds without requests before the worker sleeps")
     ] = 300.0
     cpus: Literal["isolated"] | list[Annotated[int, msgspec.Meta(ge=0)]] | None = None
+    embedding: Annotated[
+        bool, msgspec.Meta(description="a GGUF embedding model: serve /v1/embeddings, not chat")
+    ] = False
     startup_timeout: Annotated[
         float, msgspec.Meta(gt=0, description="seconds a worker may take to load its model")
     ] = 120.0

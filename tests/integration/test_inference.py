@@ -50,6 +50,7 @@ def node(start_node: Callable[..., Node], models_dir: Path, socket_dir: str) -> 
             model("demo-embed", models_dir / "demo-embed.onnx", kind="onnx"),
             model("tight", models_dir / "demo.gguf", slots=1, queue=0, context=4096),
             model("broken", models_dir / "broken.gguf"),
+            model("gguf-embed", models_dir / "demo.gguf", embedding=True),
         ],
     )
     wait_for(
@@ -73,7 +74,13 @@ CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say somet
 
 
 def test_lists_models(node: Node) -> None:
-    assert {m.id for m in client(node).models.list()} == {"demo", "demo-embed", "tight", "broken"}
+    assert {m.id for m in client(node).models.list()} == {
+        "demo",
+        "demo-embed",
+        "tight",
+        "broken",
+        "gguf-embed",
+    }
 
 
 def test_chat_completion(node: Node) -> None:
@@ -237,3 +244,14 @@ def test_workers_die_with_a_killed_supervisor(node: Node) -> None:
         10,
         "the workers to exit after their supervisor died",
     )
+
+
+def test_gguf_embeddings(node: Node) -> None:
+    c = client(node)
+    r = c.embeddings.create(model="gguf-embed", input=["cairn", "stones", "cairn"])
+    a, b, a2 = (d.embedding for d in r.data)
+    assert len(a) == 64 and a == a2 and a != b
+    assert abs(sum(x * x for x in a) - 1.0) < 1e-4
+    with pytest.raises(openai.BadRequestError) as exc:
+        c.chat.completions.create(model="gguf-embed", messages=CHAT)
+    assert "embeddings only" in str(exc.value)

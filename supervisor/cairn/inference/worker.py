@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,12 +69,22 @@ class Worker:
         self.device = "cpu"
         self.device_reason = ""
         self._cold = True  # the first request after start pays the load; its timings say so
+        # One thread for every embedding call: each thread calling into llama.cpp (or
+        # onnxruntime) gets its own OpenMP pool, and several pools fight over the cores.
+        self.embed_thread = ThreadPoolExecutor(1, thread_name_prefix="embed")
 
     def load(self) -> None:
         """Load the model (blocking); raises ModelLoadError."""
         t0 = time.monotonic()
         m = self.model
-        if m.kind is ModelKind.GGUF:
+        if m.kind is ModelKind.GGUF and m.embedding:
+            from cairn.inference.llama_embedder import LlamaEmbedder  # after the OMP env is set
+
+            layers, self.device_reason = gpu_layers(m.gpu_layers)
+            self.embedder = LlamaEmbedder(
+                m.path, n_ctx=m.context, n_threads=m.threads, n_gpu_layers=layers
+            )
+        elif m.kind is ModelKind.GGUF:
             from cairn.inference.llama_engine import LlamaEngine  # after the OMP env is set
 
             layers, self.device_reason = gpu_layers(m.gpu_layers)
@@ -288,7 +299,12 @@ async def embeddings(request: web.Request) -> web.Response:
     except openai.RequestError as err:
         return _bad_request(err)
     t0 = time.monotonic()
-    vectors, tokens = await asyncio.to_thread(worker.embedder.embed, req.texts())
+    try:
+        vectors, tokens = await asyncio.get_running_loop().run_in_executor(
+            worker.embed_thread, worker.embedder.embed, req.texts()
+        )
+    except ValueError as err:  # an empty input
+        return _bad_request(openai.RequestError(str(err), "input"))
     # The official client asks for base64: little-endian float32, as OpenAI sends it.
     encode: Callable[[list[float]], Any] = (
         (lambda v: base64.b64encode(array.array("f", v).tobytes()).decode())
