@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 import llama_cpp
 
-from cairn.inference.llama_engine import _init_backend, _reason
+from cairn.inference.llama_engine import load_model, reason_for
 from cairn.inference.types import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -22,15 +21,7 @@ class LlamaEmbedder:
     """
 
     def __init__(self, path: str, *, n_ctx: int, n_threads: int, n_gpu_layers: int = 0) -> None:
-        llama_log = _init_backend()
-        if not os.path.isfile(path):
-            raise ModelLoadError(f"{path}: no such file")
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers
-        llama_log.errors.clear()
-        model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
-        if model is None:
-            raise ModelLoadError(f"{path}: {_reason(llama_log, 'not a loadable GGUF model')}")
+        model, llama_log = load_model(path, n_gpu_layers)
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_ctx  # a whole input is one batch: pooling sees every token at once
@@ -51,7 +42,7 @@ class LlamaEmbedder:
             ctx = llama_cpp.llama_init_from_model(model, cparams)
         if ctx is None:
             llama_cpp.llama_model_free(model)
-            raise ModelLoadError(f"{path}: {_reason(llama_log, 'could not create a context')}")
+            raise ModelLoadError(f"{path}: {reason_for(llama_log, 'could not create a context')}")
         self._model, self._ctx = model, ctx
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_ctx = llama_cpp.llama_n_ctx(ctx)

@@ -177,6 +177,21 @@ def _init_backend() -> _LlamaLog:
         return _llama_log
 
 
+def load_model(path: str, n_gpu_layers: int) -> tuple[llama_cpp.llama_model_p, _LlamaLog]:
+    """Load a GGUF model, or raise ModelLoadError with llama.cpp's own reason."""
+    llama_log = _init_backend()
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"{path}: no such file")
+    mparams = llama_cpp.llama_model_default_params()
+    # The library default is -1 (offload everything); offload only what was asked for.
+    mparams.n_gpu_layers = n_gpu_layers
+    llama_log.errors.clear()
+    model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
+    if model is None:
+        raise ModelLoadError(f"{path}: {reason_for(llama_log, 'not a loadable GGUF model')}")
+    return model, llama_log
+
+
 class LlamaEngine:
     """A GGUF model with `slots` parallel sequences behind a bounded FIFO queue."""
 
@@ -244,16 +259,7 @@ class LlamaEngine:
         path: str, n_ctx: int, n_threads: int, n_gpu_layers: int, n_batch: int, slots: int
     ) -> tuple[llama_cpp.llama_model_p, llama_cpp.llama_context_p]:
         """Load model and context, or raise ModelLoadError with llama.cpp's own reason."""
-        llama_log = _init_backend()
-        if not os.path.isfile(path):
-            raise ModelLoadError(f"{path}: no such file")
-        mparams = llama_cpp.llama_model_default_params()
-        # The library default is -1 (offload everything); offload only what was asked for.
-        mparams.n_gpu_layers = n_gpu_layers
-        llama_log.errors.clear()
-        model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
-        if model is None:
-            raise ModelLoadError(f"{path}: {_reason(llama_log, 'not a loadable GGUF model')}")
+        model, llama_log = load_model(path, n_gpu_layers)
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
@@ -266,7 +272,7 @@ class LlamaEngine:
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if ctx is None:
             llama_cpp.llama_model_free(model)
-            reason = _reason(llama_log, "could not create a context")
+            reason = reason_for(llama_log, "could not create a context")
             raise ModelLoadError(f"{path}: {reason}")
         return model, ctx
 
@@ -619,6 +625,6 @@ class LlamaEngine:
         return piece
 
 
-def _reason(llama_log: _LlamaLog, fallback: str) -> str:
+def reason_for(llama_log: _LlamaLog, fallback: str) -> str:
     """The last few llama.cpp warnings/errors, which say why a load failed."""
     return "; ".join(llama_log.errors) or fallback
