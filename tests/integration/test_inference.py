@@ -255,3 +255,25 @@ def test_gguf_embeddings(node: Node) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         c.chat.completions.create(model="gguf-embed", messages=CHAT)
     assert "embeddings only" in str(exc.value)
+
+
+def test_worker_threads_are_pinned_one_core_each(
+    start_node: Callable[..., Node], models_dir: Path, socket_dir: str
+) -> None:
+    n = start_node(
+        inference={"socket_dir": socket_dir},
+        models=[model("pinned", models_dir / "demo.gguf", cpus=[0, 1], threads=2, slots=1)],
+    )
+    wait_for(lambda: status(n)["models"]["pinned"]["state"] == "ready", 60, "the worker")
+    client(n).completions.create(model="pinned", prompt="warm up", max_tokens=8)  # threads exist
+
+    def cores_used() -> set[int]:
+        return {c for cores in status(n)["models"]["pinned"]["threads"].values() for c in cores}
+
+    # /health is polled each second: wait for a map taken after the decode threads started.
+    wait_for(lambda: cores_used() == {0, 1}, 10, "threads on both cores")
+    m = status(n)["models"]["pinned"]
+    assert m["cores"] == [0, 1]
+    # OpenMP binds thread i to core i; threads the bound main thread starts inherit core 0.
+    # So every worker thread is on exactly one core, and both cores carry compute threads.
+    assert all(len(cores) == 1 for cores in m["threads"].values()), m["threads"]
