@@ -6,7 +6,6 @@ import enum
 import hashlib
 import json
 import os
-import re
 import socket
 import tomllib
 from pathlib import Path
@@ -16,6 +15,7 @@ import msgspec
 import msgspec.inspect
 
 from cairn.errors import ConfigError
+from cairn.validation import locate
 
 SCHEMA_VERSION = 1
 DEFAULT_PORT = 8470
@@ -200,24 +200,12 @@ class Config(_Section, frozen=True):
         return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
-# msgspec reports e.g. "Expected `int`, got `str` - at `$.api.port`"; we rephrase that as
-# "api.port: expected int, got str" so every message starts with the dotted key path.
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$")
-_MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]+)`$")
-
-
-def _dotted(path: str) -> str:
-    return re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
-
-
 def _translate(err: msgspec.ValidationError, source: str) -> ConfigError:
-    m = _AT.match(str(err))
-    assert m is not None  # the pattern matches any string
-    msg, path = m["msg"], _dotted(m["path"] or "")
-    for pattern, problem in ((_UNKNOWN, "unknown key"), (_MISSING, "required key is missing")):
-        if km := pattern.match(msg):
-            return ConfigError(".".join(p for p in (path, km["key"]) if p), problem, source)
+    path, msg, key = locate(err)
+    if key is not None:
+        return ConfigError(
+            path, "unknown key" if key == "unknown" else "required key is missing", source
+        )
     if "matching regex" in msg:  # the regex itself means little to a person; say what fits
         return ConfigError(path, f"expected {_description(path)}", source)
     problem = msg[0].lower() + msg[1:] if msg else "invalid value"

@@ -56,6 +56,7 @@ class Supervisor:
             None
         )
         self._inflight_since = 0.0
+        self._status_text = ""
 
     def uptime(self) -> float:
         """Seconds since the daemon started."""
@@ -107,7 +108,9 @@ class Supervisor:
     def _announce(self) -> None:
         waiting = sorted(self.components.not_ready())
         text = "ready" if not waiting else "waiting for " + ", ".join(waiting)
-        self.notifier.send(f"STATUS={text}")
+        if text != self._status_text:  # probes and model checks run every second or so
+            self._status_text = text
+            self.notifier.send(f"STATUS={text}")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then shut down cleanly."""

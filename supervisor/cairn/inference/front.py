@@ -82,14 +82,16 @@ class Inference:
 
     async def start(self) -> None:
         """Write the config the workers read, then start the children (standalone)."""
+        children = [m.child for m in self.models.values() if m.child is not None]
+        if not children:  # systemd mode: units bring their own config and sockets
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._config_path.with_suffix(".tmp")
         tmp.write_bytes(msgspec.json.encode(self.config))
         tmp.replace(self._config_path)
-        for m in self.models.values():
-            if m.child is not None:
-                m.child.start()
+        for child in children:
+            child.start()
 
     async def stop(self) -> None:
         """Stop the children and close the sessions."""

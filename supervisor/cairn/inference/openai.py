@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from typing import Annotated, Any, Literal, TypeVar
@@ -11,6 +10,7 @@ import msgspec
 from aiohttp import web
 
 from cairn.inference.types import Chunk, SamplingParams, Timings
+from cairn.validation import locate
 
 MAX_STOP = 4
 T = TypeVar("T")
@@ -109,21 +109,12 @@ class RequestError(Exception):
         self.param = param
 
 
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-_FIELD = re.compile(r"^Object (?:missing required field|contains unknown field) `(?P<key>[^`]+)`$")
-
-
 def parse(body: bytes, kind: type[T]) -> T:
     """Decode and validate a request body; RequestError names the field on failure."""
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as err:
-        m = _AT.match(str(err))
-        assert m is not None
-        path = re.sub(r"\[(\d+)\]", r".\1", m["path"] or "").lstrip(".")
-        if fm := _FIELD.match(m["msg"]):
-            path = ".".join(p for p in (path, fm["key"]) if p)
-        raise RequestError(f"invalid request: {err}", path or None) from None
+        raise RequestError(f"invalid request: {err}", locate(err).path or None) from None
     except msgspec.DecodeError as err:
         raise RequestError(f"request body is not valid JSON: {err}", None) from None
     except UnicodeDecodeError:
