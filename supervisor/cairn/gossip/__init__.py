@@ -1,0 +1,1 @@
+"""SWIM + Lifeguard membership with encrypted health digests (memberlist is the reference)."""

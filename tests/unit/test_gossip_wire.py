@@ -1,0 +1,186 @@
+"""Gossip packets on the wire: sealing, key rotation, replay, and fuzzed input that must only
+ever be dropped and counted."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cairn.gossip import messages as wire
+from cairn.gossip.keyring import Dropped, Keyring, KeyringError, ReplayGuard
+from cairn.gossip.membership import Membership
+from cairn.gossip.sim import SIM_KEY, SimNetwork
+
+OLD, NEW = bytes(range(32)), bytes(range(100, 132))
+FIXTURE_OK = [HealthCheck.function_scoped_fixture]  # the receiver is module-scoped on purpose
+
+
+def test_sealed_packet_opens_with_the_same_key_and_cluster() -> None:
+    ring = Keyring([OLD], "prod")
+    nonce, sent, payload = ring.open(ring.seal(b"hello", 123.0))
+    assert (sent, payload) == (123.0, b"hello")
+    assert len(nonce) == 12
+    with pytest.raises(Dropped, match="decrypt"):
+        Keyring([OLD], "test").open(ring.seal(b"hello", 0.0))  # another cluster's label
+    with pytest.raises(Dropped, match="decrypt"):
+        Keyring([NEW], "prod").open(ring.seal(b"hello", 0.0))
+
+
+def test_rotation_every_installed_key_opens_only_the_primary_seals() -> None:
+    old_only, both, new_primary = (
+        Keyring([OLD], "c"),
+        Keyring([OLD, NEW], "c"),
+        Keyring([NEW, OLD], "c"),
+    )
+    # Step 1: install NEW everywhere as secondary; step 2: make it primary; old nodes still read.
+    assert both.open(new_primary.seal(b"x", 0))[2] == b"x"
+    assert old_only.open(both.seal(b"x", 0))[2] == b"x"
+    assert new_primary.open(old_only.seal(b"x", 0))[2] == b"x"
+    with pytest.raises(Dropped):
+        old_only.open(new_primary.seal(b"x", 0))  # why NEW must be installed before it leads
+
+
+def test_api_token_follows_the_primary_key() -> None:
+    assert Keyring([OLD, NEW], "c").api_token() == Keyring([OLD], "d").api_token()
+    assert Keyring([NEW, OLD], "c").api_token() != Keyring([OLD], "c").api_token()
+
+
+def test_key_file_primary_first_comments_skipped(tmp_path: Path) -> None:
+    f = tmp_path / "keys"
+    f.write_text(
+        f"# rotated 2026-11\n{base64.b64encode(NEW).decode()}\n\n{base64.b64encode(OLD).decode()}\n"
+    )
+    assert Keyring.from_file(f, "c").keys == [NEW, OLD]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "no key"),
+        ("not base64!\n", ":1: not base64"),
+        ("# c\n" + base64.b64encode(b"short").decode(), ":2: key is 5 bytes"),
+    ],
+)
+def test_bad_key_file_names_the_line(tmp_path: Path, text: str, problem: str) -> None:
+    f = tmp_path / "keys"
+    f.write_text(text)
+    with pytest.raises(KeyringError, match=problem):
+        Keyring.from_file(f, "c")
+
+
+def test_missing_key_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(KeyringError, match="cannot read the key file"):
+        Keyring.from_file(tmp_path / "absent", "c")
+
+
+def test_replay_guard_refuses_repeats_and_old_packets() -> None:
+    guard = ReplayGuard(window=30)
+    guard.check(b"a" * 12, 100.0, 101.0)
+    with pytest.raises(Dropped, match="replayed"):
+        guard.check(b"a" * 12, 100.0, 102.0)
+    with pytest.raises(Dropped, match="replay_window"):
+        guard.check(b"b" * 12, 50.0, 102.0)
+    with pytest.raises(Dropped, match="replay_window"):
+        guard.check(b"c" * 12, float("nan"), 102.0)
+    guard.check(b"a" * 12, 140.0, 140.0)  # forgotten once outside the window: harmless now
+
+
+# --- the node's receive path ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Membership:
+    net = SimNetwork(seed=5)
+    net.build(3)
+    assert net.run(10, net.converged)
+    return net.nodes["n0"].member
+
+
+def _dropped(m: Membership) -> int:
+    return sum(m.stats.dropped.values())
+
+
+def test_a_replayed_packet_is_dropped_and_counted(receiver: Membership) -> None:
+    ring = Keyring([SIM_KEY], "sim")
+    data = ring.seal(wire.encode(wire.Packet("n1", [wire.Ack(999_999)])), receiver.clock.wall())
+    receiver.handle_packet(data, ("10.0.0.1", 8471))
+    before = receiver.stats.dropped.get("replayed", 0)
+    receiver.handle_packet(data, ("10.0.0.1", 8471))
+    assert receiver.stats.dropped["replayed"] == before + 1
+
+
+def test_oversized_datagram_is_dropped_before_decryption(receiver: Membership) -> None:
+    before = receiver.stats.dropped.get("oversized", 0)
+    receiver.handle_packet(b"\x01" * 2000, ("10.0.0.1", 8471))
+    assert receiver.stats.dropped["oversized"] == before + 1
+
+
+VALID = [
+    wire.Packet("n1", [wire.Ping(7, "n0"), wire.Alive("n9", 3, "10.0.0.9", 8471)]),
+    wire.Packet("n2", [wire.Suspect("n1", 0, "n2"), wire.Digest("n1", 5, b"{}")]),
+    wire.Packet("n1", [wire.IndirectPing(8, "n2", "10.0.0.2", 8471), wire.Nack(3)]),
+    wire.Packet("n2", [wire.Dead("n7", 1, "n7"), wire.Ack(1)]),
+]
+
+
+@st.composite
+def plaintexts(draw: st.DrawFn) -> bytes:
+    """Random bytes, or a valid packet with some of its bytes changed, cut or extended."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=300))
+    data = bytearray(wire.encode(draw(st.sampled_from(VALID))))
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(data) - 1))
+        data[i] = draw(st.integers(0, 255))
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    return bytes(data) + draw(st.binary(max_size=8))
+
+
+def _decodes(plain: bytes) -> bool:
+    try:
+        wire.decode_packet(plain)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(plain=plaintexts())
+def test_fuzzed_sealed_packets_are_handled_or_counted(receiver: Membership, plain: bytes) -> None:
+    # Sealed with the right key, so the decoder and the handlers see the damage.
+    data = Keyring([SIM_KEY], "sim").seal(plain, receiver.clock.wall())
+    before = _dropped(receiver)
+    receiver.handle_packet(data, ("10.0.0.1", 8471))
+    assert _dropped(receiver) - before == (0 if _decodes(plain) else 1)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.binary(max_size=1600))
+def test_random_datagrams_are_dropped_and_counted(receiver: Membership, data: bytes) -> None:
+    before = _dropped(receiver)
+    receiver.handle_packet(data, ("10.0.0.1", 8471))
+    assert _dropped(receiver) == before + 1
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(plain=plaintexts())
+def test_fuzzed_push_pull_streams_are_answered_or_counted(
+    receiver: Membership, plain: bytes
+) -> None:
+    data = Keyring([SIM_KEY], "sim").seal(plain, receiver.clock.wall())
+    before = _dropped(receiver)
+    reply = receiver.handle_stream(data)
+    assert reply is None
+    assert _dropped(receiver) == before + 1  # none of these is a push-pull state
