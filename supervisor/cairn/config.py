@@ -19,6 +19,7 @@ from cairn.validation import locate
 
 SCHEMA_VERSION = 1
 DEFAULT_PORT = 8470
+DEFAULT_GOSSIP_PORT = 8471
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="TCP port")]
 # A hostname or an IPv4/IPv6 address; never empty (an empty host would bind every interface).
@@ -170,6 +171,47 @@ class InferenceConfig(_Section, frozen=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 4 << 20
 
 
+class GossipProfile(enum.StrEnum):
+    """Timing profiles (memberlist's defaults for each kind of network)."""
+
+    LAN = "lan"
+    WAN = "wan"
+    LOCAL = "local"
+
+
+IpAddress = Annotated[
+    str, msgspec.Meta(pattern=r"^[0-9A-Fa-f:.]{2,45}$", description="an IPv4 or IPv6 address")
+]
+JoinAddress = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$",
+        description="host or host:port ([v6]:port) of a peer",
+    ),
+]
+KeyFile = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^/(?!nix/store/)",
+        description="an absolute path outside the Nix store (the store is world-readable)",
+    ),
+]
+
+
+class GossipConfig(_Section, frozen=True):
+    """Membership and health gossip with the other nodes (absent: a standalone node)."""
+
+    key_file: KeyFile
+    bind: IpAddress = "0.0.0.0"
+    port: Port = DEFAULT_GOSSIP_PORT
+    advertise: IpAddress | None = None  # default: `bind`, or the address routing to a peer
+    join: list[JoinAddress] = msgspec.field(default_factory=list)
+    cluster: Annotated[
+        str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="the cluster name")
+    ] = "cairn"
+    profile: GossipProfile = GossipProfile.LAN
+
+
 class LogConfig(_Section, frozen=True):
     """Logging verbosity."""
 
@@ -189,6 +231,7 @@ class Config(_Section, frozen=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     inference: InferenceConfig = msgspec.field(default_factory=InferenceConfig)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
+    gossip: GossipConfig | None = None
 
     def model(self, name: str) -> ModelConfig | None:
         """The model of that name, if configured."""
@@ -212,16 +255,26 @@ def _translate(err: msgspec.ValidationError, source: str) -> ConfigError:
     return ConfigError(path or "(root)", problem, source)
 
 
+def _optional(info: Any) -> Any:
+    """The type inside `T | None`; any other type as it is."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        inner = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(inner) == 1:
+            return inner[0]
+    return info
+
+
 def _description(path: str) -> str:
     """The schema description of the field at a dotted path."""
     info: Any = msgspec.inspect.type_info(Config)
     for part in path.split("."):
         while isinstance(info, msgspec.inspect.Metadata):
             info = info.type
+        info = _optional(info)
         if part.isdigit():  # an element of a list, e.g. models.0
             info = info.item_type
             continue
-        info = next(f for f in info.fields if f.encode_name == part).type
+        info = _optional(next(f for f in info.fields if f.encode_name == part).type)
     extra = info.extra_json_schema if isinstance(info, msgspec.inspect.Metadata) else None
     return str((extra or {}).get("description", "a valid value"))
 

@@ -17,7 +17,11 @@ from cairn import __version__
 from cairn.background import run_in_daemon_thread
 from cairn.components import Components, State
 from cairn.config import Config
+from cairn.errors import CairnError
 from cairn.generations import Generations
+from cairn.gossip.digest import ModelDigest, NodeDigest
+from cairn.gossip.digest import encode as encode_digest
+from cairn.gossip.service import Cluster
 from cairn.identity import of_this_machine
 from cairn.inference.front import Inference
 from cairn.probe import Probe, Snapshot
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 Sample = tuple[Snapshot, tuple[Generations | None, str]]
 
 SHUTDOWN_GRACE_S = 3.0  # in-flight HTTP requests get this long; the whole stop stays under 5 s
+DIGEST_EVERY_S = 1.0  # a changed digest goes out within this; an unchanged one is refreshed
+DIGEST_REFRESH_S = 30.0
 FIRST_PROBE_MAX_S = 1.0  # the first round comes soon, whatever the interval: readiness waits on it
 MODEL_WATCH_S = 1.0  # worker states change on notify; this only refreshes /health and readiness
 
@@ -45,6 +51,9 @@ class Supervisor:
         self.state_dir = Path(config.node.state_dir)
         self.probe = Probe(self.state_dir, Path(config.probe.nix_profiles))
         self.inference = Inference(config, self.state_dir / "run")
+        # Reads the key file: a missing or bad one stops the start here, with its reason.
+        self.cluster = Cluster(config.gossip, config.node.name) if config.gossip else None
+        self._digest_sent: tuple[bytes, float] = (b"", 0.0)
         self.snapshot: Snapshot | None = None
         self.generation: Generations | None = None
         self.generation_reason = "not read yet"
@@ -105,6 +114,48 @@ class Supervisor:
             self.components.set("inference", State.READY)
         self._announce()
 
+    def digest(self) -> NodeDigest:
+        """The health digest this node gossips to its peers."""
+        snap = self.snapshot
+        models = {}
+        for name, st in self.inference.status().items():
+            cfg = self.config.model(name)
+            assert cfg is not None
+            s = st["stats"]
+            models[name] = ModelDigest(
+                st["state"],
+                int(s.get("slots", cfg.slots)),
+                int(s.get("active", 0)),
+                int(s.get("queued", 0)),
+                cfg.queue,
+            )
+        gen = self.generation
+        current = [g.number for g in gen.profiles if g.current] if gen else []
+        gpu = snap.gpus[0] if snap and snap.gpus else None
+        return NodeDigest(
+            api_port=self.config.api.port,
+            version=self.version,
+            generation=current[0] if current else None,
+            load1=snap.load[0] if snap else 0.0,
+            memory_available=snap.memory.available_bytes if snap else 0,
+            memory_total=snap.memory.total_bytes if snap else 0,
+            gpu_celsius=gpu.temperature_celsius if gpu else None,
+            gpu_util=gpu.utilization_ratio if gpu else None,
+            models=models,
+        )
+
+    async def gossip_tick(self) -> None:
+        """Publish the digest when it changed (or has not gone out for a while); reload keys."""
+        assert self.cluster is not None
+        self.cluster.reload_keys()
+        d = self.digest()
+        body, sent_at = self._digest_sent
+        now = time.monotonic()
+        new = encode_digest(d)
+        if new != body or now - sent_at > DIGEST_REFRESH_S:
+            self.cluster.publish(d)
+            self._digest_sent = (new, now)
+
     def _announce(self) -> None:
         waiting = sorted(self.components.not_ready())
         text = "ready" if not waiting else "waiting for " + ", ".join(waiting)
@@ -134,6 +185,19 @@ class Supervisor:
             await web.TCPSite(runner, api.host, api.port, reuse_address=True).start()
             self.components.set("api", State.READY)
             log.info("serving on http://%s:%d/", api.host, api.port)
+            if self.cluster is not None:
+                self.components.set("gossip", State.STARTING, "binding")
+                await self.cluster.start()
+                self.components.set("gossip", State.READY)
+                scheduler.add_job(
+                    self.gossip_tick,
+                    "interval",
+                    seconds=DIGEST_EVERY_S,
+                    id="gossip",
+                    next_run_time=datetime.now().astimezone(),
+                    max_instances=1,
+                    coalesce=True,
+                )
             first = min(self.config.probe.interval, FIRST_PROBE_MAX_S)
             scheduler.add_job(
                 self.probe_once,
@@ -168,6 +232,8 @@ class Supervisor:
                 watchdog.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watchdog
+            if self.cluster is not None:
+                await self.cluster.stop()  # leave first: peers see "left", not "dead"
             await runner.cleanup()
             await self.inference.stop()
             if probe_started:
@@ -199,7 +265,7 @@ def run(config: Config) -> int:
 
     try:
         asyncio.run(main())
-    except OSError as err:  # e.g. the port is taken: say so plainly
+    except (OSError, CairnError) as err:  # e.g. a port is taken, a key file is bad
         log.error("cannot start: %s", err)
         return 1
     return 0

@@ -54,6 +54,7 @@ def document() -> dict:
         generation=gens,
         generation_reason="",
         models={},
+        cluster=None,
     )
     out: dict = msgspec.to_builtins(doc)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import msgspec
@@ -96,6 +97,7 @@ def test_schema_describes_every_section_and_rejects_extras() -> None:
         "log",
         "inference",
         "models",
+        "gossip",
     }
     assert root["required"] == ["version"]
     assert root["additionalProperties"] is False
@@ -148,3 +150,27 @@ def test_state_dir_without_any_home(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(Path, "home", staticmethod(no_home))
     assert config.standalone_default().node.state_dir == "/var/lib/cairn"
+
+
+@pytest.mark.parametrize(
+    ("gossip", "path", "problem"),
+    [
+        ({}, "gossip.key_file", "required key is missing"),
+        ({"key_file": "/nix/store/abc-key"}, "gossip.key_file", "outside the Nix store"),
+        ({"key_file": "/k", "join": ["a b"]}, "gossip.join.0", "host or host:port"),
+        ({"key_file": "/k", "advertise": "node1"}, "gossip.advertise", "an IPv4 or IPv6"),
+        ({"key_file": "/k", "profile": "fast"}, "gossip.profile", "invalid enum value"),
+    ],
+)
+def test_bad_gossip_settings_name_the_key(gossip: dict[str, Any], path: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.from_mapping({"version": 1, "gossip": gossip})
+    assert err.value.path == path
+    assert problem in err.value.problem
+
+
+def test_gossip_defaults() -> None:
+    cfg = config.from_mapping({"version": 1, "gossip": {"key_file": "/run/keys/gossip"}})
+    assert cfg.gossip is not None
+    assert (cfg.gossip.port, cfg.gossip.profile, cfg.gossip.cluster) == (8471, "lan", "cairn")
+    assert config.standalone_default().gossip is None

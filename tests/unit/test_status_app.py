@@ -17,6 +17,8 @@ from aiohttp.test_utils import TestClient
 from cairn import config, generations, probe
 from cairn.components import State, Status
 from cairn.daemon import Supervisor
+from cairn.gossip.digest import ModelDigest, NodeDigest
+from cairn.gossip.service import MemberView
 from cairn.gpu import Gpu
 from cairn.identity import Identity
 from cairn.status.app import create_app
@@ -105,6 +107,9 @@ OPENAPI = json.loads(resources.files("cairn.status").joinpath("openapi.json").re
         ("Generation", generations.Generation),
         ("Generations", generations.Generations),
         ("ComponentStatus", Status),
+        ("Member", MemberView),
+        ("NodeDigest", NodeDigest),
+        ("ModelDigest", ModelDigest),
     ],
 )
 def test_openapi_schema_lists_exactly_the_struct_fields(

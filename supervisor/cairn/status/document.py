@@ -8,6 +8,7 @@ import msgspec
 
 from cairn.components import Status
 from cairn.generations import Generations
+from cairn.gossip.service import MemberView
 from cairn.identity import Identity
 from cairn.probe import Snapshot
 
@@ -29,6 +30,7 @@ class StatusDocument(msgspec.Struct, frozen=True):
     generation: Generations | None
     generation_reason: str
     models: dict[str, dict[str, Any]]
+    cluster: list[MemberView] | None
 
 
 def build(sup: Supervisor) -> StatusDocument:
@@ -45,4 +47,5 @@ def build(sup: Supervisor) -> StatusDocument:
         generation=sup.generation,
         generation_reason=sup.generation_reason,
         models=sup.inference.status(),
+        cluster=sup.cluster.status() if sup.cluster else None,
     )

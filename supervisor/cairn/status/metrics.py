@@ -13,8 +13,15 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from cairn.gossip.membership import RTT_BUCKETS
 
 if TYPE_CHECKING:
     from cairn.daemon import Supervisor
@@ -46,6 +53,7 @@ class NodeCollector(Collector):
         yield fails
         yield from self._snapshot()
         yield from self._models()
+        yield from self._gossip()
         gen = _gauge(
             "nixos_generation", "Number of the NixOS generation the system profile selects."
         )
@@ -53,6 +61,51 @@ class NodeCollector(Collector):
         if current:
             gen.add_metric([], current[0])
         yield gen
+
+    def _gossip(self) -> Iterator[Metric]:
+        member = self.sup.cluster.member if self.sup.cluster else None
+        if member is None:
+            return
+        st = member.stats
+        states = _gauge(
+            "gossip_members", "Cluster members by state, this node included.", ["state"]
+        )
+        for state, n in member.counts().items():
+            states.add_metric([str(state)], n)
+        yield states
+        aware = _gauge("gossip_awareness", "Lifeguard local health: 0 is healthy.")
+        aware.add_metric([], member.awareness)
+        yield aware
+        for name, doc, value in (
+            ("gossip_packets_received", "Gossip datagrams received.", st.packets_in),
+            ("gossip_packets_sent", "Gossip datagrams sent.", st.packets_out),
+            ("gossip_received_bytes", "Gossip bytes received, push-pull included.", st.bytes_in),
+            ("gossip_sent_bytes", "Gossip bytes sent, push-pull included.", st.bytes_out),
+            ("gossip_suspicions", "Members this node began to suspect.", st.suspicions),
+            ("gossip_refutations", "Suspicions of this node it refuted.", st.refutations),
+            ("gossip_deaths", "Members this node declared dead.", st.deaths),
+            ("gossip_push_pulls", "Push-pull exchanges this node began.", st.push_pulls),
+            (
+                "gossip_push_pull_failures",
+                "Push-pull exchanges that failed.",
+                st.push_pull_failures,
+            ),
+        ):
+            c = CounterMetricFamily(f"cairn_{name}", doc)
+            c.add_metric([], value)
+            yield c
+        dropped = CounterMetricFamily(
+            "cairn_gossip_dropped_packets", "Gossip input dropped, by reason.", labels=["reason"]
+        )
+        for reason, n in sorted(st.dropped.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
+        rtt = HistogramMetricFamily("cairn_gossip_probe_rtt_seconds", "Probe round-trip times.")
+        buckets = [(str(b), sum(st.rtt_counts[: i + 1])) for i, b in enumerate(RTT_BUCKETS)] + [
+            ("+Inf", sum(st.rtt_counts))
+        ]
+        rtt.add_metric([], buckets, st.rtt_sum)
+        yield rtt
 
     def _snapshot(self) -> Iterator[Metric]:
         snap = self.sup.snapshot

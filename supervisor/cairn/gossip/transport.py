@@ -1,0 +1,125 @@
+"""The real transport: one UDP socket for the protocol, a TCP listener for push-pull."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections.abc import Callable
+
+from cairn.gossip.clock import Addr
+from cairn.gossip.membership import MAX_STREAM_BYTES, Membership
+
+log = logging.getLogger(__name__)
+_FRAME = struct.Struct(">I")
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, owner: SocketTransport) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        member = self.owner.member
+        if member is None:
+            return
+        try:
+            member.handle_packet(data, (str(addr[0]), int(addr[1])))
+        except Exception:  # a bug in a handler must cost one packet, not the receive loop
+            log.exception("gossip packet from %s:%s broke a handler", addr[0], addr[1])
+            member.stats.drop("internal_error")
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("gossip socket error: %s", exc)  # ICMP unreachable from a dead peer
+
+
+class SocketTransport:
+    """asyncio sockets behind the `Transport` seam."""
+
+    def __init__(self, tcp_timeout: float) -> None:
+        self.tcp_timeout = tcp_timeout
+        self.member: Membership | None = None
+        self.send_errors = 0
+        self._udp: asyncio.DatagramTransport | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int, member: Membership) -> None:
+        """Bind UDP and TCP on the same port."""
+        loop = asyncio.get_running_loop()
+        self.member = member
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self), local_addr=(host, port)
+        )
+        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+
+    async def close(self) -> None:
+        """Stop listening and abandon exchanges in flight."""
+        if self._server is not None:
+            self._server.close()
+        if self._udp is not None:
+            self._udp.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def send(self, addr: Addr, data: bytes) -> None:
+        """One datagram, best effort."""
+        if self._udp is None or self._udp.is_closing():
+            return
+        try:
+            self._udp.sendto(data, addr)
+        except OSError as err:  # e.g. no route: the protocol treats it as loss
+            self.send_errors += 1
+            log.debug("gossip send to %s:%d failed: %s", *addr, err)
+
+    def exchange(self, addr: Addr, data: bytes, done: Callable[[bytes | None], None]) -> None:
+        """Push-pull over a fresh TCP connection, in the background."""
+        task = asyncio.get_running_loop().create_task(self._exchange(addr, data, done))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _exchange(
+        self, addr: Addr, data: bytes, done: Callable[[bytes | None], None]
+    ) -> None:
+        reply = None
+        writer = None
+        try:
+            async with asyncio.timeout(self.tcp_timeout):
+                reader, writer = await asyncio.open_connection(*addr)
+                writer.write(_FRAME.pack(len(data)) + data)
+                await writer.drain()
+                reply = await _read_frame(reader)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
+            log.debug("push-pull with %s:%d failed: %s", *addr, err)
+        finally:
+            if writer is not None:
+                writer.close()
+        done(reply)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(self.tcp_timeout):
+                try:
+                    data = await _read_frame(reader)
+                except ValueError:
+                    if self.member is not None:
+                        self.member.stats.drop("oversized")
+                    return
+                reply = self.member.handle_stream(data) if self.member is not None else None
+                if reply is not None:
+                    writer.write(_FRAME.pack(len(reply)) + reply)
+                    await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
+            log.debug("push-pull stream failed: %s", err)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    (size,) = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+    if size > MAX_STREAM_BYTES:
+        raise ValueError(f"stream frame of {size} bytes")
+    return await reader.readexactly(size)
