@@ -1,7 +1,9 @@
-# Cairn's pure-Nix helpers (builtins only): CPU lists, MAC maps, iPXE scripts, dnsmasq config.
+# Cairn's pure-Nix helpers (builtins only): CPU lists, MAC maps, iPXE scripts, dnsmasq config,
+# the options document.
 {
   cpus = import ./cpus.nix;
   mac = import ./mac.nix;
   ipxe = import ./ipxe.nix;
   dnsmasq = import ./dnsmasq.nix;
+  optionsDoc = import ./options-doc.nix;
 }

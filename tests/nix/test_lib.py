@@ -74,6 +74,7 @@ def test_lib_exports_the_agreed_interface() -> None:
         "mac": {"normalize", "hostMap"},
         "ipxe": {"entryScript", "hostScript", "bootFiles"},
         "dnsmasq": {"proxyConfig"},
+        "optionsDoc": {"render"},
     }
     assert set(exported) == set(agreed)
     for module, names in agreed.items():
