@@ -81,18 +81,20 @@
         pxe-tree = self.nixosConfigurations.pxe-server.config.cairn.pxe.tree;
 
         # docs/options.md from the module options: `nix build .#options-md && cp result docs/options.md`.
+        # The renderer is shared with `make options-doc` (tests/nix/options-doc.nix), which
+        # evaluates the same declarations with a nixpkgs lib snapshot.
         options-md =
           let
             inherit (mkSystem [ { system.stateVersion = "26.05"; } ]) options;
           in
-          (pkgs.nixosOptionsDoc {
-            options = {
-              inherit (options) cairn;
-              services = { inherit (options.services) cairn; };
-            };
-            # Store paths of the declaring files would make the document differ on every change.
-            transformOptions = opt: opt // { declarations = [ ]; };
-          }).optionsCommonMark;
+          pkgs.writeText "options.md" (
+            cairnLib.optionsDoc.render (
+              lib.optionAttrSetToDocList {
+                inherit (options) cairn;
+                services = { inherit (options.services) cairn; };
+              }
+            )
+          );
       };
 
       checks.${system} =
@@ -160,7 +162,8 @@
         inputsFrom = [ self.packages.${system}.cairn ];
       };
 
-      # The pure helpers of modules/lib (CPU lists, MAC maps, iPXE and dnsmasq renderers).
+      # The pure helpers of modules/lib (CPU lists, MAC maps, iPXE and dnsmasq renderers, the
+      # options document).
       lib = cairnLib;
     };
 }
