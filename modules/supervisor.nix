@@ -10,6 +10,7 @@ let
     concatMapStringsSep
     concatStringsSep
     literalExpression
+    literalMD
     mapAttrsToList
     mkEnableOption
     mkIf
@@ -117,7 +118,7 @@ in
       readOnly = true;
       internal = true;
       default = configFile;
-      defaultText = literalExpression "the checked JSON rendering of services.cairn.settings";
+      defaultText = literalMD "the checked JSON rendering of {option}`services.cairn.settings`";
       description = ''
         The supervisor's settings as JSON, checked with `cairn config check` at build time: what
         cairn.service runs with, and what the model workers of `modules/inference.nix` read.

@@ -4,7 +4,7 @@ let
   inherit (lib)
     concatStringsSep
     filter
-    literalExpression
+    literalMD
     mkEnableOption
     mkIf
     mkOption
@@ -138,7 +138,7 @@ in
     housekeepingCores = mkOption {
       type = types.nullOr cpuListType;
       default = null;
-      defaultText = literalExpression "every core of 0 .. cpuCount-1 not in isolatedCores";
+      defaultText = literalMD "every core of `0` to `cpuCount - 1` not in `isolatedCores`";
       example = "0-1,6-11,16-19";
       description = ''
         Cores that run everything else: interrupts (`irqaffinity=`) and every systemd unit
@@ -151,7 +151,7 @@ in
       type = types.listOf types.ints.unsigned;
       readOnly = true;
       default = if result == null then [ ] else result.isolated;
-      defaultText = literalExpression "the parsed, sorted isolatedCores";
+      defaultText = literalMD "`isolatedCores`, parsed and sorted";
       example = [
         2
         3
@@ -165,7 +165,7 @@ in
       type = types.listOf types.ints.unsigned;
       readOnly = true;
       default = if result == null then [ ] else result.housekeeping;
-      defaultText = literalExpression "the parsed housekeepingCores, or every core not isolated";
+      defaultText = literalMD "`housekeepingCores`, parsed and sorted (every core not isolated when it is `null`)";
       example = [
         0
         1
