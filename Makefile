@@ -36,7 +36,8 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: run test lint typecheck unit integration bench-footprint bench-inference apt-run apt-test clean
+.PHONY: run test lint typecheck unit integration bench-footprint bench-inference apt-run apt-test clean \
+  options-doc
 
 run: $(VENV)/.run-installed
 	@echo "Starting a Cairn node; it logs its URL (default http://127.0.0.1:8470/). Ctrl-C stops it."
@@ -66,6 +67,18 @@ bench-footprint: $(VENV)/.run-installed
 bench-inference: $(VENV)/.run-installed
 	$(PIP) --editable '.[bench]'
 	$(BIN)/python -m tests.bench.inference $(BENCH_ARGS)
+
+# docs/options.md from the modules' option declarations, evaluated with nixpkgs' module system
+# from a lib checkout (NIXPKGS_LIB: a nixpkgs or nix-community/nixpkgs.lib tree); the flake's
+# `nix build .#options-md` renders the same file.
+options-doc:
+	@[ -n "$(NIXPKGS_LIB)" ] && [ -f "$(NIXPKGS_LIB)/lib/default.nix" ] || \
+	  { echo "usage: make options-doc NIXPKGS_LIB=<checkout of nixpkgs or nix-community/nixpkgs.lib>" >&2; exit 2; }
+	$(call apt_ensure,nix-bin)
+	nix-instantiate --eval --strict --json --argstr nixpkgsLib "$(abspath $(NIXPKGS_LIB))" \
+	  tests/nix/options-doc.nix | $(PYTHON) -c 'import json, sys; sys.stdout.write(json.load(sys.stdin))' \
+	  > docs/options.md.tmp || { rm -f docs/options.md.tmp; exit 1; }
+	mv docs/options.md.tmp docs/options.md
 
 apt-run:
 	$(call apt_ensure,$(RUN_APT))
