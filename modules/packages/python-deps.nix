@@ -4,6 +4,7 @@
 {
   aiohttp = "aiohttp";
   apscheduler = "apscheduler";
+  cryptography = "cryptography";
   gguf = "gguf";
   # cairn.nix puts its own portable or CUDA build here, not python3Packages' default.
   llama-cpp-python = "llama-cpp-python";
