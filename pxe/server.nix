@@ -116,7 +116,7 @@ in
           null
         else
           "http://${cfg.address}${lib.optionalString (cfg.httpPort != 80) ":${toString cfg.httpPort}"}";
-      defaultText = literalExpression ''"http://''${address}" (with ":''${httpPort}" unless 80)'';
+      defaultText = lib.literalMD "`http://` and `address`, with `:httpPort` unless it is 80";
       example = "http://pxe.lan";
       description = "URL of the served tree, written into every iPXE script.";
     };
@@ -216,7 +216,7 @@ in
       type = types.package;
       readOnly = true;
       default = tree;
-      defaultText = literalExpression "the tree rendered from baseUrl, hosts, classes and defaultClass";
+      defaultText = lib.literalMD "the tree rendered from `baseUrl`, `hosts`, `classes` and `defaultClass`";
       description = "The tree this configuration publishes (`nix build .#pxe-tree`).";
     };
   };
