@@ -13,16 +13,17 @@ from typing import Any
 
 import pytest
 
+from cairn.gossip.profiles import TIMINGS, Profile
 from tests.conftest import CAIRN_BIN
 from tests.harness import Cluster, wait_until
 from tests.harness.fixtures import require_or_skip
 
 GOSSIP_PORT = 8471
 MEMBERS = 5  # n0..n4 share the key; n5 holds another one
-LAN = {"probe": 1.0, "suspicion_mult": 4, "max_mult": 6}
-# A member is declared dead at most max_mult × mult × max(1, log10 n) × probe after its first
-# suspicion, which comes within a couple of (awareness-stretched) probe rounds.
-DEAD_BOUND_S = LAN["max_mult"] * LAN["suspicion_mult"] * LAN["probe"] + 8 * LAN["probe"]
+LAN = TIMINGS[Profile.LAN]
+# A member is declared dead at most the longest suspicion timeout (no confirmations at all)
+# after its first suspicion, which comes within a few (awareness-stretched) probe rounds.
+DEAD_BOUND_S = LAN.suspicion_max_mult * LAN.suspicion_min(MEMBERS) + 8 * LAN.probe_interval
 UNIT = f"""\
 [Unit]
 Description=Cairn supervisor (gossip test)
