@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import ipaddress
 import json
 import os
 import socket
@@ -84,11 +85,30 @@ class NodeConfig(_Section, frozen=True):
     ] = msgspec.field(default_factory=_default_state_dir)
 
 
+SecretFile = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^/(?!nix/store/)",
+        description="an absolute path outside the Nix store (the store is world-readable)",
+    ),
+]
+
+
 class ApiConfig(_Section, frozen=True):
     """Where the HTTP API and status endpoint listen."""
 
     host: Host = "127.0.0.1"
     port: Port = DEFAULT_PORT
+    token_file: SecretFile | None = None  # required to bind anything but loopback
+
+    def loopback(self) -> bool:
+        """Whether only this machine can reach the API."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a hostname: it may resolve anywhere
+            return False
 
 
 class ProbeConfig(_Section, frozen=True):
@@ -189,19 +209,12 @@ JoinAddress = Annotated[
         description="host or host:port ([v6]:port) of a peer",
     ),
 ]
-KeyFile = Annotated[
-    str,
-    msgspec.Meta(
-        pattern=r"^/(?!nix/store/)",
-        description="an absolute path outside the Nix store (the store is world-readable)",
-    ),
-]
 
 
 class GossipConfig(_Section, frozen=True):
     """Membership and health gossip with the other nodes (absent: a standalone node)."""
 
-    key_file: KeyFile
+    key_file: SecretFile
     bind: IpAddress = "0.0.0.0"
     port: Port = DEFAULT_GOSSIP_PORT
     advertise: IpAddress | None = None  # default: `bind`, or the address routing to a peer
@@ -287,6 +300,13 @@ def from_mapping(data: Any, source: str = "") -> Config:
         cfg = msgspec.convert(data, Config, strict=True)
     except msgspec.ValidationError as err:
         raise _translate(err, source) from None
+    if not cfg.api.loopback() and cfg.api.token_file is None:
+        raise ConfigError(
+            "api.token_file",
+            f"required when api.host ({cfg.api.host}) is not a loopback address:"
+            " the API must not be open to the network without a token",
+            source,
+        )
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
         if m.name in seen:

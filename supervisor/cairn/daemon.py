@@ -14,6 +14,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from cairn import __version__
+from cairn.auth import read_token
 from cairn.background import run_in_daemon_thread
 from cairn.components import Components, State
 from cairn.config import Config
@@ -53,6 +54,8 @@ class Supervisor:
         self.inference = Inference(config, self.state_dir / "run")
         # Reads the key file: a missing or bad one stops the start here, with its reason.
         self.cluster = Cluster(config.gossip, config.node.name) if config.gossip else None
+        self.api_token = read_token(config.api.token_file) if config.api.token_file else None
+        self.inference.cluster = self.cluster
         self._digest_sent: tuple[bytes, float] = (b"", 0.0)
         self.snapshot: Snapshot | None = None
         self.generation: Generations | None = None
@@ -66,6 +69,11 @@ class Supervisor:
         )
         self._inflight_since = 0.0
         self._status_text = ""
+
+    def accepted_tokens(self) -> list[str]:
+        """Bearer tokens the API takes from the network: the operator's, and the peers'."""
+        own = [self.api_token] if self.api_token else []
+        return own + (self.cluster.keyring.api_tokens() if self.cluster else [])
 
     def uptime(self) -> float:
         """Seconds since the daemon started."""

@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
+from cairn.gossip.keyring import Keyring
 from cairn.gossip.profiles import TIMINGS, Profile
 from tests.conftest import CAIRN_BIN
 from tests.harness import Cluster, wait_until
 from tests.harness.fixtures import require_or_skip
 
 GOSSIP_PORT = 8471
+API_TOKEN = "operator-token-0123456789"
 MEMBERS = 5  # n0..n4 share the key; n5 holds another one
 LAN = TIMINGS[Profile.LAN]
 # A member is declared dead at most the longest suspicion timeout (no confirmations at all)
@@ -63,6 +65,7 @@ def _config(i: int, seed_ip: str) -> str:
         {
             "version": 1,
             "node": {"name": f"n{i}"},
+            "api": {"host": "0.0.0.0", "token_file": "/etc/cairn/api.token"},
             "probe": {"interval": 1.0},
             "gossip": {
                 "key_file": "/etc/cairn/gossip.key",
@@ -120,12 +123,14 @@ def cluster() -> Iterator[Cluster]:
             put(node, "/etc/systemd/system/cairn.service", UNIT)
             put(node, "/etc/cairn/cairn.json", _config(i, seed))
             put(node, "/etc/cairn/gossip.key", (key if i < MEMBERS else stranger) + "\n")
+            put(node, "/etc/cairn/api.token", API_TOKEN + "\n")
             nft(node, LOSS)
             node.systemd.Reload()
         for node in c.nodes:
             node.start_unit("cairn.service")
         for node in c.nodes:
             node.wait_unit("cairn.service", "active", timeout=60)
+        c.gossip_key = key  # type: ignore[attr-defined]
         yield c
 
 
@@ -162,6 +167,24 @@ def test_a_node_with_the_wrong_key_never_joins(cluster: Cluster) -> None:
     assert set(views(stranger)) == set()
     # Its join attempts and datagrams reached the seed and were refused there, and counted.
     assert metric(cluster.nodes[0], 'cairn_gossip_dropped_packets_total{reason="decrypt"}') > 0
+
+
+def test_the_api_on_the_network_takes_only_known_bearer_tokens(cluster: Cluster) -> None:
+    server, client = cluster.nodes[0], cluster.nodes[1]
+
+    def code(path: str, token: str | None = None) -> str:
+        auth = ["-H", f"Authorization: Bearer {token}"] if token else []
+        url = f"http://{server.ip}:8470{path}"
+        argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *auth, url]
+        return str(client.exec(argv).stdout)
+
+    peer_token = Keyring([base64.b64decode(cluster.gossip_key)], "cairn").api_token()  # type: ignore[attr-defined]
+    assert code("/status") == "401"
+    assert code("/status", "not-the-token-at-all") == "401"
+    assert code("/v1/models") == "401"
+    assert code("/status", API_TOKEN) == "200"
+    assert code("/v1/models", peer_token) == "200"  # what a forwarding peer sends
+    assert code("/livez") == code("/readyz") == "200"
 
 
 def test_a_partitioned_node_is_suspected_then_refutes(cluster: Cluster) -> None:

@@ -96,8 +96,16 @@ class Keyring:
 
     def api_token(self) -> str:
         """The bearer token forwarded requests carry, derived from the primary key."""
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"cairn api token/1")
-        return base64.urlsafe_b64encode(hkdf.derive(self.keys[0])).decode().rstrip("=")
+        return _derive_token(self.keys[0])
+
+    def api_tokens(self) -> list[str]:
+        """Tokens accepted from peers: one per installed key, so rotation never locks out."""
+        return [_derive_token(k) for k in self.keys]
+
+
+def _derive_token(key: bytes) -> str:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"cairn api token/1")
+    return base64.urlsafe_b64encode(hkdf.derive(key)).decode().rstrip("=")
 
 
 class ReplayGuard:

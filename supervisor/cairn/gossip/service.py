@@ -218,6 +218,14 @@ class Cluster:
                 out.append(Peer(m.name, m.host, d.api_port, md))
         return sorted(out, key=lambda p: p.model.load())
 
+    def knows_model(self, model: str) -> bool:
+        """Whether any member's last digest listed `model`, alive or not, with room or not."""
+        for m in self.member.members.values() if self.member else ():
+            d = digests.decode(m.digest.body) if m.digest else None
+            if d is not None and model in d.models:
+                return True
+        return False
+
     def status(self) -> list[MemberView]:
         """Every member (ourselves first) for /status."""
         if self.member is None:

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
@@ -18,10 +18,22 @@ from cairn.config import Config, ModelConfig, WorkerManager
 from cairn.inference import openai
 from cairn.inference.children import ChildWorker
 
+if TYPE_CHECKING:
+    from cairn.gossip.service import Cluster, Peer
+
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
+PEER_CONNECT_TIMEOUT_S = 3.0
 PASS_HEADERS = ("Content-Type", "Retry-After", "Cache-Control")
+_STARTED = "cairn_response"  # request key: the response once its headers went out
+FORWARDED_BY = "X-Cairn-Forwarded-By"  # set on a request one node passes to another
+
+
+def _started(request: web.Request) -> web.StreamResponse | None:
+    """The response whose headers already went out, if any."""
+    resp: web.StreamResponse | None = request.get(_STARTED)
+    return resp
 
 
 class Model:
@@ -44,6 +56,11 @@ class Model:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.startup_timeout),
             )
         return self._session
+
+    def full(self) -> bool:
+        """Whether its queue is full by the last health report (the next request waits long)."""
+        stats = (self.health or {}).get("stats", {})
+        return bool(stats) and stats.get("queued", 0) >= self.cfg.queue
 
     def state(self) -> tuple[str, str]:
         """(state, reason): starting, loading, ready, failed, or socket (systemd activates it)."""
@@ -79,6 +96,9 @@ class Inference:
             for m in config.models
         }
         self._config_path = config_path
+        self.cluster: Cluster | None = None  # set by the supervisor when gossip is on
+        self._peers: aiohttp.ClientSession | None = None
+        self.forwarded = 0
 
     async def start(self) -> None:
         """Write the config the workers read, then start the children (standalone)."""
@@ -98,6 +118,8 @@ class Inference:
         await asyncio.gather(*(m.child.stop() for m in self.models.values() if m.child))
         for m in self.models.values():
             await m.close()
+        if self._peers is not None:
+            await self._peers.close()
 
     def not_ready(self) -> dict[str, str]:
         """Models that are not (yet) serving, with why."""
@@ -179,7 +201,22 @@ class Inference:
             )
         request["cairn_model"] = name  # the metrics middleware counts per model
         model = self.models.get(name)
+        hop = FORWARDED_BY in request.headers  # one hop at most: never pass a request on twice
+        if (model is None or model.full()) and self.cluster is not None and not hop:
+            for peer in self.cluster.peers_serving(name):
+                resp = await self._to_peer(request, peer, body)
+                if resp is not None:
+                    return resp
         if model is None:
+            if hop or (self.cluster is not None and self.cluster.knows_model(name)):
+                return openai.error(
+                    503,
+                    f"model '{name}' is unavailable: no live node with room serves it",
+                    "model_unavailable",
+                    param="model",
+                    code="model_unavailable",
+                    headers={"Retry-After": "5"},
+                )
             return openai.error(
                 404,
                 f"The model '{name}' does not exist",
@@ -211,29 +248,63 @@ class Inference:
             return child.reason or child.state
         return ""
 
+    async def _to_peer(
+        self, request: web.Request, peer: Peer, body: bytes
+    ) -> web.StreamResponse | None:
+        """Relay to a peer's front; None if it cannot be reached (the caller tries the next)."""
+        assert self.cluster is not None
+        if self._peers is None:
+            self._peers = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=PEER_CONNECT_TIMEOUT_S)
+            )
+        host = f"[{peer.host}]" if ":" in peer.host else peer.host
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {self.cluster.keyring.api_token()}",
+            FORWARDED_BY: self.cluster.name,
+        }
+        try:
+            async with self._peers.post(
+                f"http://{host}:{peer.api_port}{request.path}", data=body, headers=headers
+            ) as upstream:
+                self.forwarded += 1
+                return await self._relay(request, upstream)
+        except (aiohttp.ClientConnectionError, OSError) as err:
+            if (started := _started(request)) is not None:  # a side hung up mid-stream
+                log.info("stream from peer %s ended early: %s", peer.name, err)
+                return started
+            log.warning("peer %s unreachable for %s: %s", peer.name, request.path, err)
+            return None
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        """Stream an upstream answer back to the client as it arrives."""
+        resp = web.StreamResponse(
+            status=upstream.status,
+            headers={h: upstream.headers[h] for h in PASS_HEADERS if h in upstream.headers},
+        )
+        request[_STARTED] = resp
+        await resp.prepare(request)
+        # A client that goes away cancels this handler; leaving the caller's `async with`
+        # closes the upstream connection, and the worker cancels the generation.
+        async for piece in upstream.content.iter_any():
+            await resp.write(piece)
+        await resp.write_eof()
+        return resp
+
     async def _forward(self, request: web.Request, model: Model, body: bytes) -> web.StreamResponse:
-        resp: web.StreamResponse | None = None
         try:
             async with model.session.post(
                 f"http://worker{request.path}",
                 data=body,
                 headers={"Content-Type": "application/json"},
             ) as upstream:
-                resp = web.StreamResponse(
-                    status=upstream.status,
-                    headers={h: upstream.headers[h] for h in PASS_HEADERS if h in upstream.headers},
-                )
-                await resp.prepare(request)
-                # A client that goes away cancels this handler; leaving the `async with`
-                # closes the worker connection, and the worker cancels the generation.
-                async for piece in upstream.content.iter_any():
-                    await resp.write(piece)
-                await resp.write_eof()
-                return resp
+                return await self._relay(request, upstream)
         except (aiohttp.ClientConnectionError, OSError) as err:
-            if resp is not None and resp.prepared:  # either side hung up mid-stream
+            if (started := _started(request)) is not None:  # a side hung up mid-stream
                 log.info("stream of %s ended early: %s", model.cfg.name, err)
-                return resp
+                return started
             if model.child is None:
                 model.health = None
             return openai.error(

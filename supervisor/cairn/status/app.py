@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cairn import auth
 from cairn.status import document
 from cairn.status.metrics import Metrics
 
@@ -107,7 +108,7 @@ def _static(name: str, content_type: str) -> Handler:
 
 def create_app(sup: Supervisor) -> web.Application:
     """Build the status app around a supervisor."""
-    app = web.Application(middlewares=[errors_as_json])
+    app = web.Application(middlewares=[errors_as_json, auth.middleware(sup.accepted_tokens)])
     app[SUPERVISOR] = sup
     app[METRICS] = Metrics(sup)
     app.router.add_get("/", _static("dashboard.html", "text/html"))

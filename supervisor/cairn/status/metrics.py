@@ -54,6 +54,11 @@ class NodeCollector(Collector):
         yield from self._snapshot()
         yield from self._models()
         yield from self._gossip()
+        fwd = CounterMetricFamily(
+            "cairn_requests_forwarded", "Requests this node passed on to a peer's front."
+        )
+        fwd.add_metric([], sup.inference.forwarded)
+        yield fwd
         gen = _gauge(
             "nixos_generation", "Number of the NixOS generation the system profile selects."
         )

@@ -1,0 +1,144 @@
+"""Routing across nodes: a request for a model only a peer serves goes there and streams back."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cairn.inference import demo
+from tests.conftest import Node, free_port, wait_for
+
+
+@pytest.fixture(scope="module")
+def models_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="cairn-models-"))
+    demo.write(d)
+    yield d
+    shutil.rmtree(d)
+
+
+def _gossip(key_file: Path, port: int, join: list[str]) -> dict[str, Any]:
+    return {
+        "key_file": str(key_file),
+        "bind": "127.0.0.1",
+        "port": port,
+        "join": join,
+        "profile": "local",
+    }
+
+
+@pytest.fixture
+def pair(start_node: Callable[..., Node], models_dir: Path, tmp_path: Path) -> tuple[Node, Node]:
+    """Node b serves `demo`; node a serves nothing and joins b."""
+    key = tmp_path / "gossip.key"
+    key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    sockets = tempfile.mkdtemp(prefix="cs-", dir="/tmp")  # unix socket paths must stay short
+    gb, ga = free_port(), free_port()
+    b = start_node(
+        probe_interval=1.0,
+        node={"name": "b", "state_dir": str(tmp_path / "b")},
+        inference={"socket_dir": sockets},
+        models=[{"name": "demo", "path": str(models_dir / "demo.gguf"), "kind": "gguf"}],
+        gossip=_gossip(key, gb, []),
+    )
+    a = start_node(
+        probe_interval=1.0,
+        node={"name": "a", "state_dir": str(tmp_path / "a")},
+        gossip=_gossip(key, ga, [f"127.0.0.1:{gb}"]),
+    )
+
+    def a_sees_demo_ready() -> bool:
+        rows = {m["name"]: m for m in a.get("/status").json()["cluster"]}
+        digest = rows.get("b", {}).get("digest") or {}
+        return digest.get("models", {}).get("demo", {}).get("state") == "ready"
+
+    wait_for(a_sees_demo_ready, 60, "a to learn from b's digest that demo is ready")
+    yield a, b
+    shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _counter(node: Node, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels`."""
+    text = node.get("/metrics").body.decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def test_a_streams_an_answer_from_the_model_only_b_serves(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    before = _counter(b, "cairn_model_requests_total", model="demo")
+    client = openai.OpenAI(base_url=a.url + "/v1", api_key="unused", max_retries=0)
+    stream = client.chat.completions.create(
+        model="demo",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=12,
+        stream=True,
+    )
+    chunks = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len([c for c in chunks if c]) >= 2  # streamed piece by piece, not in one body
+    assert "".join(chunks)
+    assert _counter(a, "cairn_requests_forwarded_total") == 1
+    # b counts the request once its handler returns, a moment after the last byte left.
+    wait_for(
+        lambda: _counter(b, "cairn_model_requests_total", model="demo") == before + 1,
+        5,
+        "b to count the request it answered",
+    )
+
+
+def _post(node: Node, model: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]}).encode()
+    req = urllib.request.Request(
+        node.url + "/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_a_forwarded_request_is_never_passed_on_again(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    status, body = _post(a, "demo", {"X-Cairn-Forwarded-By": "elsewhere"})
+    assert status == 503
+    assert body["error"]["code"] == "model_unavailable" and "'demo'" in body["error"]["message"]
+    assert _counter(a, "cairn_requests_forwarded_total") == 0
+
+
+def test_a_model_no_node_serves_is_404_and_a_gone_one_503(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    status, body = _post(a, "nowhere")
+    assert (status, body["error"]["code"]) == (404, "model_not_found")
+    b.proc.kill()  # b falls silent: a suspects, then declares it dead
+    wait_for(lambda: _post(a, "demo")[0] == 503, 30, "a to stop routing to the dead b")
+    status, body = _post(a, "demo")
+    assert "'demo'" in body["error"]["message"]
+    assert a.alive()
+    rows = {m["name"]: m for m in a.get("/status").json()["cluster"]}
+    assert rows["b"]["digest"]["models"]["demo"]["state"] == "ready"  # b's last word stands...
+    wait_for(  # ...but b itself is written off
+        lambda: (
+            {m["name"]: m for m in a.get("/status").json()["cluster"]}["b"]["state"]
+            in ("suspect", "dead")
+        ),
+        15,
+        "a to suspect the killed b",
+    )
