@@ -39,7 +39,9 @@ def _gossip(key_file: Path, port: int, join: list[str]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def pair(start_node: Callable[..., Node], models_dir: Path, tmp_path: Path) -> tuple[Node, Node]:
+def pair(
+    start_node: Callable[..., Node], models_dir: Path, tmp_path: Path
+) -> Iterator[tuple[Node, Node]]:
     """Node b serves `demo`; node a serves nothing and joins b."""
     key = tmp_path / "gossip.key"
     key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
@@ -61,7 +63,7 @@ def pair(start_node: Callable[..., Node], models_dir: Path, tmp_path: Path) -> t
     def a_sees_demo_ready() -> bool:
         rows = {m["name"]: m for m in a.get("/status").json()["cluster"]}
         digest = rows.get("b", {}).get("digest") or {}
-        return digest.get("models", {}).get("demo", {}).get("state") == "ready"
+        return bool(digest.get("models", {}).get("demo", {}).get("state") == "ready")
 
     wait_for(a_sees_demo_ready, 60, "a to learn from b's digest that demo is ready")
     yield a, b
