@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import shutil
 import socket
 import subprocess
@@ -9,7 +11,7 @@ from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
-from tests.conftest import REPO, Node, wait_for
+from tests.conftest import REPO, Node, free_port, wait_for
 
 ARTIFACTS = REPO / "build" / "test-artifacts"
 CHROMIUM_FLAGS = [
@@ -93,6 +95,7 @@ def test_dashboard_renders_status_tables(start_node: Callable[..., Node], tmp_pa
     else:
         assert tables["gpus"][0][0].startswith("no GPU: NVML")
     assert tables["generations"][0][0].startswith("unavailable: ")
+    assert tables["cluster"] == [["standalone: gossip is off"]]
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
@@ -100,3 +103,32 @@ def test_dashboard_renders_status_tables(start_node: Callable[..., Node], tmp_pa
     chromium(f"--screenshot={shot}", node.url + "/", tmp=tmp_path)
     assert shot.stat().st_size > 10_000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dashboard_shows_the_cluster(start_node: Callable[..., Node], tmp_path: Path) -> None:
+    key = tmp_path / "gossip.key"
+    key.write_text(base64.b64encode(os.urandom(32)).decode())
+    gossip = {"key_file": str(key), "bind": "127.0.0.1", "profile": "local"}
+    ports = free_port(), free_port()
+    for name, port in zip(("one", "two"), ports, strict=True):
+        start_node(
+            node={"name": name, "state_dir": str(tmp_path / name)},
+            gossip={**gossip, "port": port, "join": [f"127.0.0.1:{ports[0]}"]},
+        )
+    node = start_node(
+        probe_interval=0.5,
+        node={"name": "three", "state_dir": str(tmp_path / "three")},
+        gossip={**gossip, "port": free_port(), "join": [f"127.0.0.1:{ports[0]}"]},
+    )
+    wait_for(
+        lambda: [m["state"] for m in node.get("/status").json()["cluster"]] == ["alive"] * 3,
+        20,
+        "three alive members",
+    )
+    parser = Tables()
+    parser.feed(chromium("--dump-dom", node.url + "/", tmp=tmp_path))
+    rows = parser.tables["cluster"]
+    assert [r[0] for r in rows] == ["three (this node)", "one", "two"]
+    assert [r[2] for r in rows] == ["alive"] * 3
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    chromium(f"--screenshot={ARTIFACTS / 'dashboard-cluster.png'}", node.url + "/", tmp=tmp_path)
