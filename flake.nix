@@ -152,6 +152,7 @@
           vm-node = import ./tests/nixos/node.nix testArgs;
           vm-netboot = import ./tests/nixos/netboot.nix testArgs;
           vm-inference = import ./tests/nixos/inference.nix testArgs;
+          vm-cluster = import ./tests/nixos/cluster.nix testArgs;
         };
 
       formatter.${system} = pkgs.nixfmt;

@@ -15,7 +15,6 @@ let
     mkEnableOption
     mkIf
     mkOption
-    optionalAttrs
     optionals
     replaceStrings
     types
@@ -39,7 +38,8 @@ let
       '';
 
   apiPort = cfg.settings.api.port or 8470;
-  gossipPort = cfg.settings.gossip.port or 8471;
+  # systemd's credentials directory of cairn.service: LoadCredential= copies land here.
+  credentials = "/run/credentials/cairn.service";
 
   gpuHost = lib.elem "nvidia" config.services.xserver.videoDrivers;
 
@@ -130,8 +130,8 @@ in
       default = false;
       example = true;
       description = ''
-        Whether to open the API port (`settings.api.port`, default 8470, TCP) and the gossip
-        port (`settings.gossip.port`, default 8471, UDP and TCP) in the firewall.
+        Whether to open the API port (`settings.api.port`, default 8470, TCP) and, with gossip
+        on, the gossip port (`services.cairn.gossip.port`, UDP and TCP) in the firewall.
       '';
     };
 
@@ -143,9 +143,59 @@ in
         Absolute path, on the node, of the gossip encryption keyring. It is a string on purpose:
         a Nix path would be copied into the world-readable store (and into netboot images).
         systemd hands it to the daemon as the credential `gossip-key`
-        (`$CREDENTIALS_DIRECTORY/gossip-key`, also in `CAIRN_GOSSIP_KEY_FILE`), so the file
-        can stay readable by root only.
+        (`/run/credentials/cairn.service/gossip-key`, which becomes `settings.gossip.key_file`),
+        so the file can stay readable by root only. One base64 AES key (16, 24 or 32 bytes) per
+        line, the first one encrypts, every one decrypts: add the new key second on every node,
+        then move it first, then drop the old one.
       '';
+    };
+
+    apiTokenFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/cairn-secrets/api.token";
+      description = ''
+        Absolute path, on the node, of the bearer token that network clients of the API must
+        send (at least 16 characters). Handed over like {option}`services.cairn.gossipKeyFile`
+        (credential `api-token`, which becomes `settings.api.token_file`). Without it the API
+        listens on loopback only; set `settings.api.host` to e.g. `"0.0.0.0"` once it is set.
+      '';
+    };
+
+    gossip = {
+      enable = mkEnableOption "membership and health gossip with the other nodes, and routing to them (needs {option}`services.cairn.gossipKeyFile`)";
+
+      port = mkOption {
+        type = types.port;
+        default = 8471;
+        description = "UDP (probes, piggybacked updates) and TCP (push-pull) port of the gossip.";
+      };
+
+      join = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [
+          "10.0.0.11"
+          "node2:8471"
+        ];
+        description = ''
+          Peers to join through (`host` or `host:port`); one that answers is enough, and the
+          node retries with backoff while it knows no live member.
+        '';
+      };
+
+      profile = mkOption {
+        type = types.enum [
+          "lan"
+          "wan"
+          "local"
+        ];
+        default = "lan";
+        description = ''
+          Timing profile: memberlist's LAN (1 s probes), WAN (5 s probes, longer timeouts) or
+          local (loopback) defaults.
+        '';
+      };
     };
 
     user = mkOption {
@@ -201,6 +251,14 @@ in
         message = "services.cairn.gossipKeyFile: '${toString cfg.gossipKeyFile}' is in the Nix store, which every user (and every netboot client) can read; keep the key outside the store";
       }
       {
+        assertion = cfg.gossip.enable -> cfg.gossipKeyFile != null;
+        message = "services.cairn.gossip.enable: gossip is encrypted; set services.cairn.gossipKeyFile";
+      }
+      {
+        assertion = cfg.apiTokenFile == null || (lib.hasPrefix "/" cfg.apiTokenFile && !(lib.hasPrefix builtins.storeDir cfg.apiTokenFile));
+        message = "services.cairn.apiTokenFile: '${toString cfg.apiTokenFile}' must be an absolute path on the node, outside the Nix store";
+      }
+      {
         assertion = lib.all (g: builtins.match "[A-Za-z0-9@:._*-]+" g != null) (lib.attrNames cfg.managedUnits);
         message = "services.cairn.managedUnits: unit globs may only use letters, digits, '@', ':', '.', '_', '-' and '*'";
       }
@@ -229,6 +287,16 @@ in
       "cairn-rollback.service" = [ "start" ];
     };
 
+    services.cairn.settings = lib.mkMerge [
+      (mkIf cfg.gossip.enable {
+        gossip = {
+          key_file = "${credentials}/gossip-key";
+          inherit (cfg.gossip) port join profile;
+        };
+      })
+      (mkIf (cfg.apiTokenFile != null) { api.token_file = "${credentials}/api-token"; })
+    ];
+
     users.users.${cfg.user} = {
       isSystemUser = true;
       inherit (cfg) group;
@@ -240,11 +308,8 @@ in
     environment.systemPackages = [ cfg.package ]; # `cairn status` for operators
 
     networking.firewall = mkIf cfg.openFirewall {
-      allowedTCPPorts = [
-        apiPort
-        gossipPort
-      ];
-      allowedUDPPorts = [ gossipPort ];
+      allowedTCPPorts = [ apiPort ] ++ lib.optional cfg.gossip.enable cfg.gossip.port;
+      allowedUDPPorts = lib.optional cfg.gossip.enable cfg.gossip.port;
     };
 
     security.polkit.enable = true;
@@ -263,10 +328,6 @@ in
       # in the middle of that activation would drop the gate. Until the self-heal capability
       # restarts it after a confirmed switch, the running daemon keeps its old package/config.
       restartIfChanged = false;
-
-      environment = optionalAttrs (cfg.gossipKeyFile != null) {
-        CAIRN_GOSSIP_KEY_FILE = "%d/gossip-key";
-      };
 
       serviceConfig = {
         Type = "notify";
@@ -334,9 +395,11 @@ in
         ];
         UMask = "0027";
       }
-      // optionalAttrs (cfg.gossipKeyFile != null) {
-        # systemd reads the key as root and hands the daemon a private copy.
-        LoadCredential = "gossip-key:${cfg.gossipKeyFile}";
+      // {
+        # systemd reads the secrets as root and hands the daemon private copies.
+        LoadCredential =
+          lib.optional (cfg.gossipKeyFile != null) "gossip-key:${cfg.gossipKeyFile}"
+          ++ lib.optional (cfg.apiTokenFile != null) "api-token:${cfg.apiTokenFile}";
       };
     };
   };
