@@ -294,7 +294,7 @@ in
           inherit (cfg.gossip) port join profile;
         };
       })
-      (mkIf (cfg.apiTokenFile != null) { api.token_file = "${credentials}/api-token"; })
+      (mkIf (cfg.apiTokenFile != null) { api.token_file = lib.mkDefault "${credentials}/api-token"; })
     ];
 
     users.users.${cfg.user} = {

@@ -23,6 +23,8 @@
   services.cairn = {
     enable = true;
     settings = import ./settings.nix;
+    # Provisioned on the node, never in the flake (docs/operations.md, "Run a cluster").
+    apiTokenFile = "/var/lib/cairn-secrets/api.token";
     # settings.nix listens on the LAN so peers can route requests here.
     openFirewall = true;
     # Models run as socket-activated workers pinned to the isolated core (modules/inference.nix).

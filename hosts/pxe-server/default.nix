@@ -35,6 +35,8 @@ in
   services.cairn = {
     enable = true;
     settings = import ./settings.nix;
+    # Provisioned on the node, never in the flake (docs/operations.md, "Run a cluster").
+    apiTokenFile = "/var/lib/cairn-secrets/api.token";
     openFirewall = true;
   };
 

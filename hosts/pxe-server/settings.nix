@@ -7,6 +7,8 @@
   api = {
     host = "0.0.0.0";
     port = 8470;
+    # A network client must send this token (services.cairn.apiTokenFile puts it there).
+    token_file = "/run/credentials/cairn.service/api-token";
   };
   probe = {
     # No inference load to follow here; a slower period is enough.

@@ -32,6 +32,8 @@
     enable = true;
     package = pkgs.callPackage ../../modules/packages/cairn.nix { llamaVariant = "cuda"; };
     settings = import ./settings.nix;
+    # Provisioned on the node, never in the flake (docs/operations.md, "Run a cluster").
+    apiTokenFile = "/var/lib/cairn-secrets/api.token";
     # settings.nix listens on the LAN so peers can route requests here.
     openFirewall = true;
     # Models run as socket-activated workers on the isolated cores (modules/inference.nix); a

@@ -20,7 +20,10 @@ pkgs.testers.runNixOSTest {
   name = "cairn-inference";
 
   nodes.machine = {
-    imports = [ self.nixosModules.default ];
+    imports = [
+      self.nixosModules.default
+      ./test-secrets.nix
+    ];
 
     # The legacy node's shape: two cores, core 1 isolated for inference.
     virtualisation.cores = 2;

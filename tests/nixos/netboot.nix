@@ -14,7 +14,10 @@ let
       (
         { modulesPath, pkgs, ... }:
         {
-          imports = [ (modulesPath + "/testing/test-instrumentation.nix") ];
+          imports = [
+            (modulesPath + "/testing/test-instrumentation.nix")
+            ./test-secrets.nix
+          ];
           environment.systemPackages = [ pkgs.curl ];
         }
       )

@@ -11,7 +11,10 @@ pkgs.testers.runNixOSTest {
       };
     in
     {
-      imports = [ self.nixosModules.default ];
+      imports = [
+        self.nixosModules.default
+        ./test-secrets.nix
+      ];
 
       # The legacy node's shape: two cores, core 1 isolated.
       virtualisation.cores = 2;
