@@ -1,5 +1,6 @@
 """An in-process network of Membership nodes on a virtual clock: loss, latency, partitions,
-crashed and paused nodes, deterministic for a given seed."""
+crashed and paused nodes, deterministic for a given seed.
+"""
 
 from __future__ import annotations
 
@@ -165,7 +166,7 @@ class SimNetwork:
         node.member.join([self.nodes[s].addr for s in seeds], lambda _n: None)
 
     def build(self, n: int, settle: float = 0.0) -> list[SimNode]:
-        """n started nodes, named n0..n{n-1}; optionally run `settle` seconds."""
+        """N started nodes, named n0..n{n-1}; optionally run `settle` seconds."""
         nodes = [self.add(f"n{i}") for i in range(n)]
         if settle:
             self.run(settle)
