@@ -1,5 +1,6 @@
-"""An in-process network of Membership nodes on a virtual clock: loss, latency, partitions,
-crashed and paused nodes, deterministic for a given seed.
+"""An in-process network of Membership nodes on a virtual clock.
+
+Loss, latency, partitions, crashed and paused nodes; deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -277,14 +278,9 @@ class SimNetwork:
         """Every live node sees every other live node alive."""
         live = self.live()
         return all(
-            self.view(a.name, b.name) is MemberState.ALIVE
-            for a in live
-            for b in live
-            if a is not b
+            self.view(a.name, b.name) is MemberState.ALIVE for a in live for b in live if a is not b
         )
 
     def all_see(self, subject: str, *states: MemberState) -> bool:
         """Every live node other than `subject` sees it in one of `states`."""
-        return all(
-            self.view(n.name, subject) in states for n in self.live() if n.name != subject
-        )
+        return all(self.view(n.name, subject) in states for n in self.live() if n.name != subject)
