@@ -36,7 +36,7 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: run test lint typecheck unit integration bench-footprint bench-inference apt-run apt-test clean \
+.PHONY: run test lint typecheck unit integration bench-footprint bench-inference bench-gossip apt-run apt-test clean \
   options-doc
 
 run: $(VENV)/.run-installed
@@ -61,6 +61,11 @@ integration: $(VENV)/.test-installed apt-test
 
 bench-footprint: $(VENV)/.run-installed
 	$(BIN)/python -m tests.bench.footprint
+
+# The gossip protocol on the simulator (virtual time) beside memberlist's suspicion bound.
+# BENCH_ARGS=--quick for a smoke run; a full run takes a long while at N = 1000.
+bench-gossip: $(VENV)/.run-installed
+	$(BIN)/python -m tests.bench.gossip $(BENCH_ARGS)
 
 # Tokens/s and time to first token beside llama-server and llama-cpp-python's server; builds
 # llama-server once (minutes) into ~/.cache/cairn/bench. BENCH_ARGS=--quick for a smoke run.
