@@ -174,3 +174,29 @@ def test_suspicion_of_ourselves_is_refuted_above_the_accused_incarnation(
     node._dead(Dead("n0", 50, "n1"))
     assert node.incarnation == 51
     assert node.stats.refutations == 2
+
+
+def test_a_long_queue_never_makes_a_packet_receivers_refuse() -> None:
+    # 300 suspicions queued at once (a storm after a partition): each packet may carry only as
+    # many updates as a receiver accepts, or every ping and ack would be dropped as malformed.
+    net = cluster(3)
+    sender, receiver = net.nodes["n0"].member, net.nodes["n1"].member
+    for i in range(300):
+        sender._queue.put(Suspect(f"x{i}", 0, "n0"))
+    before = receiver.stats.dropped.get("malformed", 0)
+    net.run(5)
+    assert receiver.stats.dropped.get("malformed", 0) == before
+    assert net.converged()
+
+
+def test_live_count_follows_state_changes() -> None:
+    net = cluster(5)
+    m = net.nodes["n0"].member
+    assert m.live_count() == 5
+    net.crash("n4")
+    assert net.run(60, lambda: net.all_see("n4", DEAD))
+    assert m.live_count() == 4 == 1 + sum(x.state not in (DEAD, LEFT) for x in m.members.values())
+    net.nodes["n4"].crashed = False
+    net.start(net.nodes["n4"])
+    assert net.run(60, net.converged)
+    assert m.live_count() == 5

@@ -31,12 +31,14 @@ class BroadcastQueue:
         kind = "digest" if isinstance(update, Digest) else "member"
         self._items[(kind, update.node)] = _Queued(update, len(encode(update)), next(self._order))
 
-    def take(self, budget: int, limit: int) -> list[Update]:
-        """Updates fitting in `budget` bytes; each one retires after `limit` transmits."""
+    def take(self, budget: int, limit: int, max_items: int) -> list[Update]:
+        """Up to `max_items` updates fitting in `budget` bytes; each retires after `limit` sends."""
         out: list[Update] = []
-        if budget <= 0 or not self._items:
+        if budget <= 0 or max_items <= 0 or not self._items:
             return out
         for key, q in sorted(self._items.items(), key=lambda kv: (kv[1].transmits, -kv[1].order)):
+            if len(out) == max_items:
+                break
             if q.size > budget:
                 continue
             budget -= q.size

@@ -18,6 +18,7 @@ from cairn.gossip.clock import Addr, Clock, Timer, Transport
 from cairn.gossip.keyring import OVERHEAD, Dropped, Keyring, ReplayGuard
 from cairn.gossip.messages import (
     MAX_DIGEST_BYTES,
+    MAX_MESSAGES,
     Ack,
     Alive,
     Dead,
@@ -163,6 +164,7 @@ class Membership:
         self.incarnation = 0
         self.awareness = 0  # Lifeguard's local health: 0 is healthy
         self.members: dict[str, Member] = {}
+        self._gone = 0  # members dead or left: live_count() runs on every send, keep it O(1)
         self.digest: Digest | None = None
         self.stats = Stats()
         self.leaving = False
@@ -237,7 +239,7 @@ class Membership:
 
     def live_count(self) -> int:
         """Members not dead or left, ourselves included."""
-        return 1 + sum(m.state not in GONE for m in self.members.values())
+        return 1 + len(self.members) - self._gone
 
     def counts(self) -> dict[MemberState, int]:
         """Members by state, ourselves included."""
@@ -280,6 +282,7 @@ class Membership:
         for name in [n for n, m in self.members.items() if m.state in GONE]:
             if now - self.members[name].since > REAP_AFTER_S:
                 del self.members[name]
+                self._gone -= 1
 
     def _probe(self, m: Member, interval: float) -> None:
         seq = self._next_seq()
@@ -359,7 +362,10 @@ class Membership:
 
     def _send(self, addr: Addr, msgs: list[Message], require_piggyback: bool = False) -> None:
         budget = self.timing.udp_max_bytes - OVERHEAD - len(encode(Packet(self.name, msgs))) - 3
-        extra = self._queue.take(budget, self.timing.retransmit_limit(self.live_count()))
+        # A receiver refuses a packet of more than MAX_MESSAGES: never send one.
+        extra = self._queue.take(
+            budget, self.timing.retransmit_limit(self.live_count()), MAX_MESSAGES - len(msgs)
+        )
         if require_piggyback and not extra:
             return
         data = self.keyring.seal(encode(Packet(self.name, [*msgs, *extra])), self.clock.wall())
@@ -474,6 +480,7 @@ class Membership:
             return
         m.state = state
         m.since = self.clock.now()
+        self._gone += (state in GONE) - (old in GONE)
         if state is not MemberState.SUSPECT and m.suspicion is not None:
             if m.suspicion.timer is not None:
                 m.suspicion.timer.cancel()
