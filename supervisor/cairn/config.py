@@ -16,6 +16,7 @@ import msgspec
 import msgspec.inspect
 
 from cairn.errors import ConfigError
+from cairn.gossip.profiles import Profile
 from cairn.validation import locate
 
 SCHEMA_VERSION = 1
@@ -191,14 +192,6 @@ class InferenceConfig(_Section, frozen=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 4 << 20
 
 
-class GossipProfile(enum.StrEnum):
-    """Timing profiles (memberlist's defaults for each kind of network)."""
-
-    LAN = "lan"
-    WAN = "wan"
-    LOCAL = "local"
-
-
 IpAddress = Annotated[
     str, msgspec.Meta(pattern=r"^[0-9A-Fa-f:.]{2,45}$", description="an IPv4 or IPv6 address")
 ]
@@ -222,7 +215,7 @@ class GossipConfig(_Section, frozen=True):
     cluster: Annotated[
         str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="the cluster name")
     ] = "cairn"
-    profile: GossipProfile = GossipProfile.LAN
+    profile: Profile = Profile.LAN  # memberlist's timing defaults for each kind of network
 
 
 class LogConfig(_Section, frozen=True):

@@ -161,7 +161,7 @@ class Supervisor:
         now = time.monotonic()
         new = encode_digest(d)
         if new != body or now - sent_at > DIGEST_REFRESH_S:
-            self.cluster.publish(d)
+            self.cluster.publish(new)
             self._digest_sent = (new, now)
 
     def _announce(self) -> None:

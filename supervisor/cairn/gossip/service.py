@@ -19,8 +19,8 @@ from cairn.gossip import digest as digests
 from cairn.gossip.clock import Addr, LoopClock
 from cairn.gossip.keyring import Keyring
 from cairn.gossip.membership import Member, Membership
-from cairn.gossip.messages import MemberState
-from cairn.gossip.profiles import TIMINGS, Profile
+from cairn.gossip.messages import Digest, MemberState
+from cairn.gossip.profiles import TIMINGS
 from cairn.gossip.transport import SocketTransport
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,13 @@ class Cluster:
     def __init__(self, cfg: GossipConfig, name: str) -> None:
         self.cfg = cfg
         self.name = name
-        self.timing = TIMINGS[Profile(cfg.profile)]
+        self.timing = TIMINGS[cfg.profile]
         self.keyring = Keyring.from_file(cfg.key_file, cfg.cluster)
         self._key_mtime = Path(cfg.key_file).stat().st_mtime_ns
         self.transport = SocketTransport(self.timing.tcp_timeout)
         self.member: Membership | None = None
         self._join_task: asyncio.Task[None] | None = None
-        self.joined = asyncio.Event()
+        self._decoded: dict[str, tuple[int, digests.NodeDigest | None]] = {}
 
     def advertise(self) -> str:
         """The address peers reach us at; refuses to guess when it cannot know."""
@@ -140,10 +140,8 @@ class Cluster:
         delay = JOIN_BACKOFF_S[0]
         while True:
             if not self.cfg.join:
-                self.joined.set()
                 return
             if self.member.live_count() > 1:
-                self.joined.set()
                 delay = JOIN_BACKOFF_S[0]
             else:
                 answered = await self._join_once()
@@ -151,7 +149,6 @@ class Cluster:
                     log.info(
                         "joined the cluster through %d of %d peers", answered, len(self.cfg.join)
                     )
-                    self.joined.set()
                     delay = JOIN_BACKOFF_S[0]
                 else:
                     log.warning("no join peer answered; retrying in %.0f s", delay)
@@ -199,10 +196,19 @@ class Cluster:
             self.member.keyring = ring
         log.info("gossip keyring reloaded: %d keys", len(ring.keys))
 
-    def publish(self, d: digests.NodeDigest) -> None:
-        """Hand our newest digest to the protocol."""
+    def publish(self, body: bytes) -> None:
+        """Hand our newest encoded digest to the protocol."""
         if self.member is not None:
-            self.member.set_digest(digests.encode(d))
+            self.member.set_digest(body)
+
+    def _digest_of(self, digest: Digest | None) -> digests.NodeDigest | None:
+        """A member's digest, decoded once per version (the router reads it per request)."""
+        if digest is None:
+            return None
+        cached = self._decoded.get(digest.node)
+        if cached is None or cached[0] != digest.version:
+            cached = self._decoded[digest.node] = (digest.version, digests.decode(digest.body))
+        return cached[1]
 
     # --- views ----------------------------------------------------------------------------
 
@@ -210,9 +216,7 @@ class Cluster:
         """Alive peers whose digest lists `model` with room, least loaded first."""
         out = []
         for m in self.member.members.values() if self.member else ():
-            if m.state is not MemberState.ALIVE or m.digest is None:
-                continue
-            d = digests.decode(m.digest.body)
+            d = self._digest_of(m.digest) if m.state is MemberState.ALIVE else None
             md = d.models.get(model) if d else None
             if d is not None and md is not None and md.has_room():
                 out.append(Peer(m.name, m.host, d.api_port, md))
@@ -221,7 +225,7 @@ class Cluster:
     def knows_model(self, model: str) -> bool:
         """Whether any member's last digest listed `model`, alive or not, with room or not."""
         for m in self.member.members.values() if self.member else ():
-            d = digests.decode(m.digest.body) if m.digest else None
+            d = self._digest_of(m.digest)
             if d is not None and model in d.models:
                 return True
         return False
@@ -241,7 +245,7 @@ class Cluster:
                 True,
                 None,
                 0.0 if me.digest else None,
-                _digest_doc(me.digest.body) if me.digest else None,
+                _digest_doc(self._digest_of(me.digest)),
             )
         ]
         for m in sorted(me.members.values(), key=lambda m: m.name):
@@ -254,14 +258,13 @@ class Cluster:
                     False,
                     round(now - m.since, 3),
                     round(now - m.digest_at, 3) if m.digest_at is not None else None,
-                    _digest_doc(m.digest.body) if m.digest else None,
+                    _digest_doc(self._digest_of(m.digest)),
                 )
             )
         return rows
 
 
-def _digest_doc(body: bytes) -> dict[str, Any] | None:
-    d = digests.decode(body)
+def _digest_doc(d: digests.NodeDigest | None) -> dict[str, Any] | None:
     if d is None:
         return None
     doc = {f: getattr(d, f) for f in d.__struct_fields__}
