@@ -7,9 +7,10 @@ from typing import Annotated, TypeVar
 
 import msgspec
 
-NodeName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+# \Z, not $: msgspec matches with re.search, where $ also accepts a trailing newline.
+NodeName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")]
 # Peers are addressed by IP literal: a hostname would mean a blocking lookup per datagram.
-Host = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Fa-f:.]{2,45}$")]
+Host = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Fa-f:.]{2,45}\Z")]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 Incarnation = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
