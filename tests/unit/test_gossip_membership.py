@@ -132,6 +132,32 @@ def test_lifeguard_awareness_rises_for_a_node_that_hears_nothing() -> None:
     assert all(n.member.awareness < deaf.member.awareness for n in net.live() if n is not deaf)
 
 
+def test_a_node_reachable_only_over_tcp_is_never_suspected() -> None:
+    net = cluster(5)
+    walled = net.nodes["n3"]
+    walled.udp_down = True  # UDP dropped both ways, as by a misconfigured firewall
+    suspicions = sum(n.member.stats.suspicions for n in net.live())
+    net.run(60)
+    # Every probe of it fails over UDP and succeeds over TCP (memberlist's fallback ping).
+    assert all(net.view(n.name, "n3") is ALIVE for n in net.live() if n is not walled)
+    assert sum(n.member.stats.tcp_acks for n in net.live() if n is not walled) >= 30
+    assert walled.member.incarnation == 0
+    # Its own probes fail the same way; the others stay alive in its eyes too.
+    assert all(net.view("n3", n.name) is ALIVE for n in net.live() if n is not walled)
+    assert sum(n.member.stats.suspicions for n in net.live()) == suspicions
+
+
+def test_a_stale_accusation_does_not_make_a_node_refute_again(node: Membership) -> None:
+    node._suspect(Suspect("n0", 0, "n1"))
+    assert node.incarnation == 1 and node.stats.refutations == 1
+    # The same suspicion keeps arriving from other members' queues: it is already answered.
+    node._suspect(Suspect("n0", 0, "n2"))
+    node._dead(Dead("n0", 0, "n2"))
+    assert node.incarnation == 1 and node.stats.refutations == 1
+    node._suspect(Suspect("n0", 1, "n2"))
+    assert node.incarnation == 2 and node.stats.refutations == 2
+
+
 # --- incarnation ordering, message by message -----------------------------------------------
 
 

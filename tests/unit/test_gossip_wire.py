@@ -4,6 +4,7 @@ ever be dropped and counted."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -134,11 +135,11 @@ VALID = [
 
 
 @st.composite
-def plaintexts(draw: st.DrawFn) -> bytes:
-    """Random bytes, or a valid packet with some of its bytes changed, cut or extended."""
+def plaintexts(draw: st.DrawFn, valid: Sequence[wire.Packet | wire.Stream] = VALID) -> bytes:
+    """Random bytes, or a valid message with some of its bytes changed, cut or extended."""
     if draw(st.booleans()):
         return draw(st.binary(max_size=300))
-    data = bytearray(wire.encode(draw(st.sampled_from(VALID))))
+    data = bytearray(wire.encode(draw(st.sampled_from(valid))))
     for _ in range(draw(st.integers(1, 4))):
         i = draw(st.integers(0, len(data) - 1))
         data[i] = draw(st.integers(0, 255))
@@ -180,15 +181,32 @@ def test_random_datagrams_are_dropped_and_counted(receiver: Membership, data: by
     assert _dropped(receiver) == before + 1
 
 
+STREAMS: list[wire.Stream] = [
+    wire.PushPull("n1", [wire.MemberRecord("n9", 2, wire.MemberState.ALIVE, "10.0.0.9", 8471)]),
+    wire.PushPull("n2", [wire.MemberRecord("n1", 0, wire.MemberState.DEAD, "10.0.0.1", 8471)]),
+    wire.StreamPing("n1", 11, "n0"),
+    wire.StreamPing("n2", 12, "n1"),
+]
+
+
 @settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(plain=plaintexts())
-def test_fuzzed_push_pull_streams_are_answered_or_counted(
-    receiver: Membership, plain: bytes
-) -> None:
+@given(plain=plaintexts(STREAMS) | plaintexts())
+def test_fuzzed_streams_are_answered_or_counted(receiver: Membership, plain: bytes) -> None:
     data = Keyring([SIM_KEY], "sim").seal(plain, receiver.clock.wall())
     before = _dropped(receiver)
     reply = receiver.handle_stream(data)
-    assert reply is None
-    assert _dropped(receiver) == before + 1  # none of these is a push-pull state
+    try:
+        request = wire.decode_stream(plain)
+    except msgspec.DecodeError:
+        request = None
+    if isinstance(request, wire.StreamPing) and request.target == receiver.name:
+        assert reply is not None and receiver._acked(reply, request.seq)
+    elif isinstance(request, wire.PushPull):
+        assert reply is not None
+        state = wire.decode_stream(Keyring([SIM_KEY], "sim").open(reply)[2])
+        assert isinstance(state, wire.PushPull) and state.sender == receiver.name
+    else:  # damaged, or a ping for someone else
+        assert reply is None
+        assert _dropped(receiver) == before + 1

@@ -31,13 +31,22 @@ class Clock(Protocol):
 
 
 class Transport(Protocol):
-    """Datagrams for the protocol, request/response streams for push-pull."""
+    """Datagrams for the protocol, request/response streams for push-pull and TCP probes."""
 
     def send(self, addr: Addr, data: bytes) -> None:
         """Send one datagram; loss is the protocol's problem."""
 
-    def exchange(self, addr: Addr, data: bytes, done: Callable[[bytes | None], None]) -> None:
-        """Send `data` on a stream and call `done` with the reply, or None on any failure."""
+    def exchange(
+        self,
+        addr: Addr,
+        data: bytes,
+        done: Callable[[bytes | None], None],
+        timeout: float | None = None,
+    ) -> None:
+        """Send `data` on a stream and call `done` with the reply, or None on any failure.
+
+        `timeout` (seconds) shortens the transport's own stream timeout for this exchange.
+        """
 
 
 class LoopClock:

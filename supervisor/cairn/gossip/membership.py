@@ -31,10 +31,12 @@ from cairn.gossip.messages import (
     Packet,
     Ping,
     PushPull,
+    Stream,
+    StreamPing,
     Suspect,
     Update,
     decode_packet,
-    decode_pushpull,
+    decode_stream,
     encode,
 )
 from cairn.gossip.profiles import Timing, suspicion_remaining
@@ -111,6 +113,7 @@ class Stats:
     refutations: int = 0
     deaths: int = 0
     late_acks: int = 0
+    tcp_acks: int = 0  # probes answered only over TCP: UDP to that peer is lossy or blocked
     push_pulls: int = 0
     push_pull_failures: int = 0
     rtt_counts: list[int] = field(default_factory=lambda: [0] * (len(RTT_BUCKETS) + 1))
@@ -308,6 +311,14 @@ class Membership:
             asked.extend(self.rng.sample(peers, min(self.timing.indirect_checks, len(peers))))
             for p in asked:
                 self._send(p.addr, [IndirectPing(seq, m.name, m.host, m.port)])
+            # memberlist's fallback: the same probe over TCP, due by the end of this probe.
+            ping = self._seal(StreamPing(self.name, seq, m.name))
+            self.transport.exchange(m.addr, ping, on_stream, sent + interval - self.clock.now())
+
+        def on_stream(reply: bytes | None) -> None:
+            if seq in self._pending and reply is not None and self._acked(reply, seq):
+                self._finish(seq)
+                self.stats.tcp_acks += 1
 
         def give_up() -> None:
             self._finish(seq)
@@ -458,19 +469,39 @@ class Membership:
         self._send(addr, [Ping(mine, target)])
 
     def handle_stream(self, data: bytes) -> bytes | None:
-        """A push-pull request: merge it and answer with our state (None: drop the stream)."""
+        """A TCP request: merge a push-pull and answer with our state, or ack a ping.
+
+        None: close the stream without an answer.
+        """
         payload = self._open(data, MAX_STREAM_BYTES)
         if payload is None:
             return None
         try:
-            remote = decode_pushpull(payload)
+            request = decode_stream(payload)
         except msgspec.DecodeError:
             self.stats.drop("malformed")
             return None
         if not self.running:
             return None
-        self._merge(remote)
+        if isinstance(request, StreamPing):
+            if request.target != self.name:
+                self.stats.drop("wrong_target")
+                return None
+            return self._seal(Packet(self.name, [Ack(request.seq)]))
+        self._merge(request)
         return self._pushpull_blob()
+
+    def _acked(self, reply: bytes, seq: int) -> bool:
+        """Whether a stream's reply is our Ack for `seq`."""
+        payload = self._open(reply, self.timing.udp_max_bytes)
+        if payload is None:
+            return False
+        try:
+            packet = decode_packet(payload)
+        except msgspec.DecodeError:
+            self.stats.drop("malformed")
+            return False
+        return any(isinstance(m, Ack) and m.seq == seq for m in packet.messages)
 
     # --- state changes --------------------------------------------------------------------
 
@@ -513,7 +544,7 @@ class Membership:
 
     def _suspect(self, s: Suspect) -> None:
         if s.node == self.name:
-            if not self.leaving:
+            if not self.leaving and s.incarnation >= self.incarnation:  # older: already refuted
                 self._refute(s.incarnation)
             return
         m = self.members.get(s.node)
@@ -556,7 +587,7 @@ class Membership:
 
     def _dead(self, d: Dead) -> None:
         if d.node == self.name:
-            if not self.leaving:
+            if not self.leaving and d.incarnation >= self.incarnation:
                 self._refute(d.incarnation)
             return
         m = self.members.get(d.node)
@@ -598,7 +629,11 @@ class Membership:
             self.digest,
         )
         records = [me, *(m.record() for m in self.members.values())]
-        blob = self.keyring.seal(encode(PushPull(self.name, records)), self.clock.wall())
+        return self._seal(PushPull(self.name, records))
+
+    def _seal(self, obj: Packet | Stream) -> bytes:
+        """Encrypt what goes out on a stream (counted as sent)."""
+        blob = self.keyring.seal(encode(obj), self.clock.wall())
         self.stats.bytes_out += len(blob)
         return blob
 
@@ -608,8 +643,10 @@ class Membership:
         if payload is None:
             return False
         try:
-            remote = decode_pushpull(payload)
+            remote = decode_stream(payload)
         except msgspec.DecodeError:
+            remote = None
+        if not isinstance(remote, PushPull):
             self.stats.drop("malformed")
             return False
         self._merge(remote)

@@ -118,19 +118,30 @@ class MemberRecord(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_
     digest: Digest | None = None
 
 
-class PushPull(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+class PushPull(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, tag=16):
     """Full state, sent both ways over TCP for anti-entropy and joins."""
 
     sender: NodeName
     members: Annotated[list[MemberRecord], msgspec.Meta(max_length=MAX_MEMBERS)]
 
 
+class StreamPing(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, tag=17):
+    """A probe over TCP, sent beside the indirect probes; answered with a Packet holding an Ack."""
+
+    sender: NodeName
+    seq: Seq
+    target: NodeName
+
+
+Stream = PushPull | StreamPing  # what a TCP connection may open with
+
+
 _packet_encoder = msgspec.msgpack.Encoder()
 _packet_decoder = msgspec.msgpack.Decoder(Packet)
-_pushpull_decoder = msgspec.msgpack.Decoder(PushPull)
+_stream_decoder: msgspec.msgpack.Decoder[Stream] = msgspec.msgpack.Decoder(Stream)
 
 
-def encode(obj: Packet | PushPull | Message) -> bytes:
+def encode(obj: Packet | Stream | Message) -> bytes:
     """The msgpack bytes of a packet, a push-pull state or a single message (for sizing)."""
     return _packet_encoder.encode(obj)
 
@@ -140,9 +151,9 @@ def decode_packet(data: bytes) -> Packet:
     return _decode(_packet_decoder, data)
 
 
-def decode_pushpull(data: bytes) -> PushPull:
-    """Decode and validate a push-pull state; any damage raises msgspec.DecodeError."""
-    return _decode(_pushpull_decoder, data)
+def decode_stream(data: bytes) -> Stream:
+    """Decode and validate a stream's request or a push-pull reply; damage raises DecodeError."""
+    return _decode(_stream_decoder, data)
 
 
 def _decode(decoder: msgspec.msgpack.Decoder[T], data: bytes) -> T:

@@ -19,6 +19,8 @@ from cairn.gossip.profiles import TIMINGS, Profile, Timing
 
 EPOCH = 1_800_000_000.0  # the simulated wall clock starts here
 SIM_KEY = bytes(range(32))
+TCP_SYN_RTO = 1.0  # Linux: the first SYN retransmission after 1 s (RFC 6298's initial RTO)
+TCP_MIN_RTO = 0.2  # Linux's TCP_RTO_MIN, what a lost data segment costs on a fast LAN
 
 
 class _Event:
@@ -98,8 +100,14 @@ class _NodeTransport:
     def send(self, addr: Addr, data: bytes) -> None:
         self.sim.net.deliver(self.sim, addr, data)
 
-    def exchange(self, addr: Addr, data: bytes, done: Callable[[bytes | None], None]) -> None:
-        self.sim.net.stream(self.sim, addr, data, done)
+    def exchange(
+        self,
+        addr: Addr,
+        data: bytes,
+        done: Callable[[bytes | None], None],
+        timeout: float | None = None,
+    ) -> None:
+        self.sim.net.stream(self.sim, addr, data, done, timeout)
 
 
 @dataclass
@@ -114,6 +122,7 @@ class SimNode:
     paused: bool = False
     deferred: list[Callable[[], None]] = field(default_factory=list)
     recv_loss: float = 0.0
+    udp_down: bool = False  # a firewall drops its datagrams both ways; TCP still passes
 
 
 class SimNetwork:
@@ -229,6 +238,8 @@ class SimNetwork:
         if self._cut(src, dst) or self.rng.random() < self.loss:
             return
         assert dst is not None
+        if src.udp_down or dst.udp_down:
+            return
         if dst.recv_loss and self.rng.random() < dst.recv_loss:
             return
 
@@ -243,22 +254,49 @@ class SimNetwork:
         self.clock.call_later(self._delay(), arrive)
 
     def stream(
-        self, src: SimNode, addr: Addr, data: bytes, done: Callable[[bytes | None], None]
+        self,
+        src: SimNode,
+        addr: Addr,
+        data: bytes,
+        done: Callable[[bytes | None], None],
+        timeout: float | None = None,
     ) -> None:
+        """TCP: the same loss as datagrams, paid in retransmission time instead of drops."""
+        limit = (
+            self.timing.tcp_timeout if timeout is None else min(timeout, self.timing.tcp_timeout)
+        )
+        fail = lambda: done(None)  # noqa: E731
         dst = self.by_addr.get(addr)
         if self._cut(src, dst) or (dst is not None and dst.paused):
-            self.clock.call_later(self.timing.tcp_timeout, lambda: done(None))
+            self.clock.call_later(limit, fail)
             return
         assert dst is not None
+        there = 1 - (1 - self.loss) * (1 - dst.recv_loss)
+        back = 1 - (1 - self.loss) * (1 - src.recv_loss)
+        # The handshake repeats while SYN or SYN-ACK is lost; then the request's segment.
+        request = self._segment(1 - (1 - there) * (1 - back), TCP_SYN_RTO, limit) + self._delay()
+        request += self._segment(there, TCP_MIN_RTO, limit)
+        if request >= limit:
+            self.clock.call_later(limit, fail)
+            return
 
         def serve() -> None:
             reply = None if dst.crashed else dst.member.handle_stream(data)
-            if reply is None:
-                self.clock.call_later(self.timing.tcp_timeout, lambda: done(None))
+            delay = limit - request if reply is None else self._segment(back, TCP_MIN_RTO, limit)
+            if request + delay >= limit:
+                self.clock.call_later(limit - request, fail)
             else:
-                self.clock.call_later(self._delay(), lambda: done(reply))
+                self.clock.call_later(delay, lambda: done(reply))
 
-        self.clock.call_later(self._delay() * 2, serve)  # connect, then the request
+        self.clock.call_later(request, serve)
+
+    def _segment(self, loss: float, rto: float, limit: float) -> float:
+        """How long one segment takes to arrive: lost tries cost an RTO each, doubling."""
+        spent = 0.0
+        while self.rng.random() < loss and spent < limit:
+            spent += rto
+            rto *= 2
+        return spent + self._delay()
 
     # --- running and reading --------------------------------------------------------------
 

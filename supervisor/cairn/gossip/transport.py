@@ -73,25 +73,32 @@ class SocketTransport:
             self.send_errors += 1
             log.debug("gossip send to %s:%d failed: %s", *addr, err)
 
-    def exchange(self, addr: Addr, data: bytes, done: Callable[[bytes | None], None]) -> None:
-        """Push-pull over a fresh TCP connection, in the background."""
-        task = asyncio.get_running_loop().create_task(self._exchange(addr, data, done))
+    def exchange(
+        self,
+        addr: Addr,
+        data: bytes,
+        done: Callable[[bytes | None], None],
+        timeout: float | None = None,
+    ) -> None:
+        """One request and its reply over a fresh TCP connection, in the background."""
+        limit = self.tcp_timeout if timeout is None else min(timeout, self.tcp_timeout)
+        task = asyncio.get_running_loop().create_task(self._exchange(addr, data, done, limit))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _exchange(
-        self, addr: Addr, data: bytes, done: Callable[[bytes | None], None]
+        self, addr: Addr, data: bytes, done: Callable[[bytes | None], None], limit: float
     ) -> None:
         reply = None
         writer = None
         try:
-            async with asyncio.timeout(self.tcp_timeout):
+            async with asyncio.timeout(max(0.0, limit)):
                 reader, writer = await asyncio.open_connection(*addr)
                 writer.write(_FRAME.pack(len(data)) + data)
                 await writer.drain()
                 reply = await _read_frame(reader)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
-            log.debug("push-pull with %s:%d failed: %s", *addr, err)
+            log.debug("stream to %s:%d failed: %s", *addr, err)
         finally:
             if writer is not None:
                 writer.close()
@@ -111,7 +118,7 @@ class SocketTransport:
                     writer.write(_FRAME.pack(len(reply)) + reply)
                     await writer.drain()
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
-            log.debug("push-pull stream failed: %s", err)
+            log.debug("incoming stream failed: %s", err)
         finally:
             writer.close()
             with contextlib.suppress(OSError):

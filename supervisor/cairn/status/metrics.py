@@ -89,6 +89,11 @@ class NodeCollector(Collector):
             ("gossip_suspicions", "Members this node began to suspect.", st.suspicions),
             ("gossip_refutations", "Suspicions of this node it refuted.", st.refutations),
             ("gossip_deaths", "Members this node declared dead.", st.deaths),
+            (
+                "gossip_tcp_probe_acks",
+                "Probes answered only over TCP: UDP to that peer is lossy or blocked.",
+                st.tcp_acks,
+            ),
             ("gossip_push_pulls", "Push-pull exchanges this node began.", st.push_pulls),
             (
                 "gossip_push_pull_failures",
