@@ -1,0 +1,327 @@
+"""Units: systemd over D-Bus (pydbus), or the standalone children behind the same interface."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cairn.errors import CairnError
+
+log = logging.getLogger(__name__)
+
+SYSTEMD = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER = "org.freedesktop.systemd1.Manager"
+UNIT = "org.freedesktop.systemd1.Unit"
+SOCKET = "org.freedesktop.systemd1.Socket"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+CALL_TIMEOUT_MS = 25_000  # the D-Bus default; a start job is waited for separately
+FINISHED_KEPT = 512  # JobRemoved results kept for callers whose reply came after the signal
+
+
+class UnitError(CairnError):
+    """systemd refused or could not do what was asked."""
+
+
+class JobFailed(UnitError):
+    """A start/stop/restart job ended with a result other than `done`."""
+
+    def __init__(self, unit: str, verb: str, result: str) -> None:
+        super().__init__(f"{verb} {unit}: job {result}")
+        self.unit, self.verb, self.result = unit, verb, result
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """A unit's state as systemd names it."""
+
+    name: str
+    active: str  # ActiveState: active, reloading, inactive, failed, activating, deactivating
+    sub: str = ""
+
+    @property
+    def running(self) -> bool:
+        """Active or on its way there: it holds (or is taking) its memory."""
+        return self.active in ("active", "reloading", "activating", "deactivating")
+
+
+@dataclass(frozen=True)
+class SocketCounters:
+    """A socket unit's counters (systemd counts connections only for Accept=yes sockets)."""
+
+    accepted: int
+    connections: int
+    listen: list[tuple[str, str]]  # (type, address), e.g. ("Stream", "/run/x.sock")
+
+
+Watcher = Callable[[UnitState], None]
+
+
+class Units(Protocol):
+    """What the sleeper and the healer ask of systemd; the standalone backend answers too."""
+
+    async def start(self, unit: str) -> None:
+        """Start it and wait for the job (a Type=notify service: until READY=1)."""
+
+    async def stop(self, unit: str) -> None:
+        """Stop it and wait for the job."""
+
+    async def restart(self, unit: str) -> None:
+        """Restart it and wait for the job."""
+
+    async def reset_failed(self, unit: str) -> None:
+        """Clear its failed state and start-limit counter."""
+
+    async def state(self, unit: str) -> UnitState:
+        """Its current state."""
+
+    async def list(self, patterns: list[str]) -> list[UnitState]:
+        """Loaded units matching any of the glob patterns."""
+
+    def watch(self, fn: Watcher) -> None:
+        """Call `fn` on the event loop whenever a unit's ActiveState or SubState changes."""
+
+
+def unit_name_from_path(path: str) -> str:
+    """The unit name in a systemd object path (`_2d` is '-', and so on)."""
+    tail = path.rsplit("/", 1)[-1]
+    out, i = [], 0
+    while i < len(tail):
+        if tail[i] == "_" and i + 2 < len(tail):
+            out.append(chr(int(tail[i + 1 : i + 3], 16)))
+            i += 3
+        else:
+            out.append(tail[i])
+            i += 1
+    return "".join(out)
+
+
+class SystemdUnits:
+    """systemd's manager on a D-Bus connection; signals arrive on a GLib thread of its own.
+
+    Method calls block, so they run in the default executor; JobRemoved and PropertiesChanged
+    are passed to the event loop, so no state is ever polled.
+    """
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address  # None: the system bus
+        self._bus: Any = None
+        self._mainloop: Any = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: dict[str, asyncio.Future[str]] = {}
+        self._finished: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._watchers: list[Watcher] = []
+        self._subscriptions: list[Any] = []
+
+    async def open(self) -> None:
+        """Connect, subscribe to the manager's signals, and start the signal thread."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._connect)
+
+    def _connect(self) -> None:
+        import pydbus
+        from gi.repository import GLib
+
+        try:
+            self._bus = pydbus.connect(self.address) if self.address else pydbus.SystemBus()
+            self._call(MANAGER_PATH, MANAGER, "Subscribe", None, None)
+        except GLib.Error as err:
+            raise UnitError(f"cannot reach systemd over D-Bus: {err.message}") from None
+        # Subscriptions made on this thread deliver on the default main context: the loop below.
+        self._subscriptions = [
+            self._bus.subscribe(
+                sender=SYSTEMD, iface=MANAGER, signal="JobRemoved", signal_fired=self._on_job
+            ),
+            self._bus.subscribe(
+                sender=SYSTEMD,
+                iface=PROPERTIES,
+                signal="PropertiesChanged",
+                arg0=UNIT,
+                signal_fired=self._on_properties,
+            ),
+        ]
+        self._mainloop = GLib.MainLoop()
+        self._thread = threading.Thread(target=self._mainloop.run, name="cairn-dbus", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Unsubscribe and stop the signal thread."""
+        for sub in self._subscriptions:
+            sub.unsubscribe()
+        self._subscriptions = []
+        if self._mainloop is not None:
+            self._mainloop.quit()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
+        for fut in self._jobs.values():
+            fut.cancel()
+
+    # --- signals (GLib thread → event loop) ----------------------------------------------
+
+    def _on_job(self, _sender: str, _path: str, _iface: str, _sig: str, params: Any) -> None:
+        _id, job, unit, result = params
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._job_done, str(job), str(unit), str(result))
+
+    def _job_done(self, job: str, unit: str, result: str) -> None:
+        fut = self._jobs.pop(job, None)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(result)
+            return
+        self._finished[job] = result  # the caller's reply has not come back yet
+        while len(self._finished) > FINISHED_KEPT:
+            self._finished.popitem(last=False)
+
+    def _on_properties(self, _sender: str, path: str, _iface: str, _sig: str, params: Any) -> None:
+        _iface_name, changed, _invalidated = params
+        if "ActiveState" not in changed and "SubState" not in changed:
+            return
+        name = unit_name_from_path(path)
+        active, sub = changed.get("ActiveState"), changed.get("SubState")
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._changed, name, active, sub)
+
+    def _changed(self, name: str, active: str | None, sub: str | None) -> None:
+        if active is None:  # only SubState came: read the pair so watchers get both
+            task = asyncio.ensure_future(self.state(name))
+            task.add_done_callback(self._notify_read)
+            return
+        self._notify(UnitState(name, active, sub or ""))
+
+    def _notify_read(self, task: asyncio.Future[UnitState]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._notify(task.result())
+
+    def _notify(self, state: UnitState) -> None:
+        for fn in self._watchers:
+            try:
+                fn(state)
+            except Exception:  # one watcher's bug must not hide the change from the others
+                log.exception("unit watcher failed on %s", state.name)
+
+    def watch(self, fn: Watcher) -> None:
+        """Call `fn` on every ActiveState/SubState change."""
+        self._watchers.append(fn)
+
+    # --- calls ----------------------------------------------------------------------------
+
+    def _call(self, path: str, iface: str, method: str, args: Any, reply: str | None) -> Any:
+        """One blocking method call on systemd; returns the reply's values."""
+        from gi.repository import GLib
+
+        ret = self._bus.con.call_sync(
+            SYSTEMD,
+            path,
+            iface,
+            method,
+            args,
+            GLib.VariantType.new(reply) if reply else None,
+            0,
+            CALL_TIMEOUT_MS,
+            None,
+        )
+        return ret.unpack() if ret is not None else None
+
+    async def _run(self, fn: Callable[[], Any], what: str) -> Any:
+        from gi.repository import GLib
+
+        try:
+            return await asyncio.to_thread(fn)
+        except GLib.Error as err:
+            # e.g. NoSuchUnit, or AccessDenied when polkit does not allow this user the verb
+            raise UnitError(f"{what}: {err.message}") from None
+
+    async def _job(self, verb: str, method: str, unit: str) -> None:
+        from gi.repository import GLib
+
+        args = GLib.Variant("(ss)", (unit, "replace"))
+        (job,) = await self._run(
+            lambda: self._call(MANAGER_PATH, MANAGER, method, args, "(o)"), f"{verb} {unit}"
+        )
+        result = self._finished.pop(job, None)
+        if result is None:
+            assert self._loop is not None
+            fut = self._jobs[job] = self._loop.create_future()
+            result = await fut
+        if result != "done":
+            raise JobFailed(unit, verb, result)
+
+    async def start(self, unit: str) -> None:
+        """StartUnit, then wait for its JobRemoved."""
+        await self._job("start", "StartUnit", unit)
+
+    async def stop(self, unit: str) -> None:
+        """StopUnit, then wait for its JobRemoved."""
+        await self._job("stop", "StopUnit", unit)
+
+    async def restart(self, unit: str) -> None:
+        """RestartUnit, then wait for its JobRemoved."""
+        await self._job("restart", "RestartUnit", unit)
+
+    async def reset_failed(self, unit: str) -> None:
+        """ResetFailedUnit."""
+        from gi.repository import GLib
+
+        args = GLib.Variant("(s)", (unit,))
+        await self._run(
+            lambda: self._call(MANAGER_PATH, MANAGER, "ResetFailedUnit", args, None),
+            f"reset-failed {unit}",
+        )
+
+    def _unit_path(self, unit: str) -> str:
+        from gi.repository import GLib
+
+        # LoadUnit, not GetUnit: an inactive unit nobody referenced may be unloaded.
+        args = GLib.Variant("(s)", (unit,))
+        (path,) = self._call(MANAGER_PATH, MANAGER, "LoadUnit", args, "(o)")
+        return str(path)
+
+    def _get_all(self, unit: str, iface: str) -> dict[str, Any]:
+        from gi.repository import GLib
+
+        args = GLib.Variant("(s)", (iface,))
+        (props,) = self._call(self._unit_path(unit), PROPERTIES, "GetAll", args, "(a{sv})")
+        return dict(props)
+
+    async def state(self, unit: str) -> UnitState:
+        """The unit's ActiveState and SubState."""
+        props = await self._run(lambda: self._get_all(unit, UNIT), f"read {unit}")
+        if props.get("LoadState") == "not-found":
+            raise UnitError(f"read {unit}: no such unit")
+        return UnitState(unit, str(props["ActiveState"]), str(props["SubState"]))
+
+    async def list(self, patterns: list[str]) -> list[UnitState]:
+        """ListUnitsByPatterns over loaded units."""
+        from gi.repository import GLib
+
+        args = GLib.Variant("(asas)", ([], patterns))
+        (rows,) = await self._run(
+            lambda: self._call(
+                MANAGER_PATH, MANAGER, "ListUnitsByPatterns", args, "(a(ssssssouso))"
+            ),
+            "list units",
+        )
+        return sorted((UnitState(r[0], r[3], r[4]) for r in rows), key=lambda u: u.name)
+
+    async def socket_counters(self, unit: str) -> SocketCounters:
+        """NAccepted, NConnections and Listen of a socket unit."""
+        props = await self._run(lambda: self._get_all(unit, SOCKET), f"read {unit}")
+        return SocketCounters(
+            int(props["NAccepted"]),
+            int(props["NConnections"]),
+            [(str(t), str(a)) for t, a in props["Listen"]],
+        )
+
+    async def timestamps(self, unit: str) -> tuple[int, int]:
+        """(InactiveExitTimestampMonotonic, ActiveEnterTimestampMonotonic) in microseconds."""
+        props = await self._run(lambda: self._get_all(unit, UNIT), f"read {unit}")
+        return int(props["InactiveExitTimestampMonotonic"]), int(
+            props["ActiveEnterTimestampMonotonic"]
+        )

@@ -1,0 +1,94 @@
+"""The systemd client against a real systemd: jobs, typed failures, signals, counters."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from cairn.units import JobFailed, SystemdUnits, UnitError, UnitState
+
+SLOW = """\
+[Service]
+Type=notify
+NotifyAccess=all
+ExecStart=/bin/sh -c 'sleep 0.5; systemd-notify --ready; exec sleep infinity'
+"""
+BROKEN = """\
+[Service]
+Type=notify
+ExecStart=/bin/false
+"""
+ECHO_SOCKET = """\
+[Socket]
+ListenStream=127.0.0.1:7000
+Accept=yes
+"""
+ECHO_SERVICE = """\
+[Service]
+ExecStart=/bin/cat
+StandardInput=socket
+"""
+FILES = {
+    "/etc/systemd/system/slow.service": SLOW,
+    "/etc/systemd/system/broken.service": BROKEN,
+    "/etc/systemd/system/echo.socket": ECHO_SOCKET,
+    "/etc/systemd/system/echo@.service": ECHO_SERVICE,
+}
+
+
+async def _until(cond: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.02)
+
+
+def test_jobs_signals_and_counters(cluster_factory: Any) -> None:
+    node = cluster_factory(1, files=FILES).nodes[0]
+    node.systemd.Reload()
+
+    async def scenario() -> None:
+        units = SystemdUnits(node.bus_address)
+        await units.open()
+        seen: list[UnitState] = []
+        units.watch(lambda s: seen.append(s) if s.name == "slow.service" else None)
+        try:
+            # A notify service's start job ends only once it is ready.
+            await units.start("slow.service")
+            assert (await units.state("slow.service")).active == "active"
+            await _until(lambda: any(s.active == "active" for s in seen))
+            states = [s.active for s in seen]
+            assert states.index("activating") < states.index("active"), states
+            await units.restart("slow.service")
+            assert (await units.state("slow.service")).active == "active"
+            await units.stop("slow.service")
+            await _until(lambda: seen[-1].active == "inactive")
+            assert (await units.state("slow.service")).active == "inactive"
+
+            with pytest.raises(JobFailed) as failed:
+                await units.start("broken.service")
+            assert failed.value.result == "failed" and failed.value.unit == "broken.service"
+            assert (await units.state("broken.service")).active == "failed"
+            await units.reset_failed("broken.service")
+            assert (await units.state("broken.service")).active == "inactive"
+
+            with pytest.raises(UnitError, match="no-such"):
+                await units.start("no-such.service")
+
+            # Accept=yes: systemd counts connections, one instance each.
+            await units.start("echo.socket")
+            node.exec(["sh", "-c", "echo hi | timeout 2 bash -c 'cat > /dev/tcp/127.0.0.1/7000'"])
+            counters = await units.socket_counters("echo.socket")
+            assert counters.accepted == 1
+            assert counters.listen == [("Stream", "127.0.0.1:7000")]
+            await units.start("slow.service")
+            listed = await units.list(["echo.socket", "slow.*"])
+            assert [(u.name, u.active) for u in listed] == [
+                ("echo.socket", "active"),
+                ("slow.service", "active"),
+            ]
+        finally:
+            await units.close()
+
+    asyncio.run(scenario())
