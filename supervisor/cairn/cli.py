@@ -183,16 +183,61 @@ def render_status(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """Fetch and print a node's /status."""
+def render_units(units: list[dict[str, Any]]) -> str:
+    """The sleepable units as a table."""
+    if not units:
+        return "no sleepable units"
+    head = ("UNIT", "KIND", "STATE", "BUSY", "IDLE", "TTL", "SLEEPS", "WAKES", "LAST WAKE")
+    rows = [head]
+    for u in units:
+        sleeps = ", ".join(f"{n} {r}" for r, n in sorted(u["sleeps"].items())) or "0"
+        last = u["last_wake_seconds"]
+        rows.append(
+            (
+                u["unit"],
+                u["kind"],
+                u["state"],
+                str(u["busy"]),
+                f"{u['idle_seconds']:.0f} s",
+                f"{u['ttl_seconds']:g} s",
+                sleeps,
+                str(u["wakes"]),
+                "-" if last is None else f"{last:.2f} s",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _fetch_status(args: argparse.Namespace) -> dict[str, Any] | None:
     url = args.url.rstrip("/") + "/status"
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as resp:
-            doc = json.load(resp)
+            doc: dict[str, Any] = json.load(resp)
+            return doc
     except (urllib.error.URLError, OSError, ValueError) as err:
-        print(f"cairn status: cannot read {url}: {err}", file=sys.stderr)
+        print(f"cairn {args.command}: cannot read {url}: {err}", file=sys.stderr)
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Fetch and print a node's /status."""
+    doc = _fetch_status(args)
+    if doc is None:
         return EXIT_UNREACHABLE
     print(json.dumps(doc, indent=2) if args.json else render_status(doc))
+    return 0
+
+
+def cmd_units(args: argparse.Namespace) -> int:
+    """Fetch a node's /status and print its sleepable units."""
+    doc = _fetch_status(args)
+    if doc is None:
+        return EXIT_UNREACHABLE
+    units = doc.get("sleep", [])
+    print(json.dumps(units, indent=2) if args.json else render_units(units))
     return 0
 
 
@@ -225,10 +270,17 @@ def parser() -> argparse.ArgumentParser:
         help="show a node's status",
         description="Print a running node's status as a table, or JSON.",
     )
-    st.add_argument("--url", default=DEFAULT_URL, help=f"node address (default {DEFAULT_URL})")
-    st.add_argument("--json", action="store_true", help="print the raw JSON document")
-    st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    un = sub.add_parser(
+        "units",
+        help="list the sleepable units",
+        description="Print a running node's sleepable units: state, idleness, sleeps, wakes.",
+    )
+    for p_ in (st, un):
+        p_.add_argument("--url", default=DEFAULT_URL, help=f"node address (default {DEFAULT_URL})")
+        p_.add_argument("--json", action="store_true", help="print the raw JSON")
+        p_.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
     st.set_defaults(func=cmd_status)
+    un.set_defaults(func=cmd_units)
 
     cfg = sub.add_parser(
         "config",

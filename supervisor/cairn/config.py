@@ -28,12 +28,14 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="TCP port")]
 Host = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$",
+        pattern=r"^(?!.*\n)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$",
         min_length=1,
         description="an IP address or hostname to bind",
     ),
 ]
 AbsPath = Annotated[str, msgspec.Meta(pattern=r"^/")]
+# Every `$`-anchored pattern starts with (?!.*\n): Python's `$` also matches before a final
+# newline, JSON Schema's (ECMA-262) does not; the lookahead makes both refuse any newline.
 
 
 class LogLevel(enum.StrEnum):
@@ -72,7 +74,7 @@ class NodeConfig(_Section, frozen=True):
     name: Annotated[
         str,
         msgspec.Meta(
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+            pattern=r"^(?!.*\n)[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
             description="a name of letters, digits, '.', '_' or '-', at most 63 characters;"
             " default: the hostname",
         ),
@@ -141,7 +143,7 @@ class WorkerManager(enum.StrEnum):
 ModelName = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        pattern=r"^(?!.*\n)[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
         description="a model name of letters, digits, '.', '_' or '-' (it names the worker unit)",
     ),
 ]
@@ -193,12 +195,13 @@ class InferenceConfig(_Section, frozen=True):
 
 
 IpAddress = Annotated[
-    str, msgspec.Meta(pattern=r"^[0-9A-Fa-f:.]{2,45}$", description="an IPv4 or IPv6 address")
+    str,
+    msgspec.Meta(pattern=r"^(?!.*\n)[0-9A-Fa-f:.]{2,45}$", description="an IPv4 or IPv6 address"),
 ]
 JoinAddress = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$",
+        pattern=r"^(?!.*\n)(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$",
         description="host or host:port ([v6]:port) of a peer",
     ),
 ]
@@ -213,9 +216,46 @@ class GossipConfig(_Section, frozen=True):
     advertise: IpAddress | None = None  # default: `bind`, or the address routing to a peer
     join: list[JoinAddress] = msgspec.field(default_factory=list)
     cluster: Annotated[
-        str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="the cluster name")
+        str, msgspec.Meta(pattern=r"^(?!.*\n)[A-Za-z0-9._-]{1,64}$", description="the cluster name")
     ] = "cairn"
     profile: Profile = Profile.LAN  # memberlist's timing defaults for each kind of network
+
+
+UnitName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(?!.*\n)[A-Za-z0-9:_.@\\-]{1,250}\.(service|socket)$",
+        description="a systemd unit name",
+    ),
+]
+
+
+class SleepableService(_Section, frozen=True):
+    """A socket-activated service the sleeper stops when idle (its socket keeps listening)."""
+
+    unit: UnitName
+    socket: UnitName
+    ttl: Annotated[
+        float, msgspec.Meta(gt=0, description="seconds without connections before it sleeps")
+    ] = 300.0
+
+
+class SleepConfig(_Section, frozen=True):
+    """Idle sleep: model workers (each by its `idle_ttl`) and the services listed here."""
+
+    enable: bool = True
+    services: list[SleepableService] = msgspec.field(default_factory=list)
+    min_available_mb: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description="below this much available memory the least recently used unit sleeps"
+            " at once (0: never for memory)",
+        ),
+    ] = 0
+    interval: Annotated[
+        float, msgspec.Meta(gt=0, le=60, description="seconds between idleness checks")
+    ] = 1.0
 
 
 class LogConfig(_Section, frozen=True):
@@ -238,6 +278,7 @@ class Config(_Section, frozen=True):
     inference: InferenceConfig = msgspec.field(default_factory=InferenceConfig)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     gossip: GossipConfig | None = None
+    sleep: SleepConfig = msgspec.field(default_factory=SleepConfig)
 
     def model(self, name: str) -> ModelConfig | None:
         """The model of that name, if configured."""
@@ -311,6 +352,18 @@ def from_mapping(data: Any, source: str = "") -> Config:
                 f"{len(m.cpus)} cores for {m.threads} threads: each thread needs its own core",
                 source,
             )
+    units: set[str] = set()
+    for i, svc in enumerate(cfg.sleep.services):
+        if not svc.unit.endswith(".service") or not svc.socket.endswith(".socket"):
+            where = "unit" if not svc.unit.endswith(".service") else "socket"
+            raise ConfigError(
+                f"sleep.services.{i}.{where}",
+                f"expected a .{'service' if where == 'unit' else 'socket'} unit",
+                source,
+            )
+        if svc.unit in units:
+            raise ConfigError(f"sleep.services.{i}.unit", f"'{svc.unit}' is listed twice", source)
+        units.add(svc.unit)
     return cfg
 
 

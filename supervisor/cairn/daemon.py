@@ -17,7 +17,7 @@ from cairn import __version__
 from cairn.auth import read_token
 from cairn.background import run_in_daemon_thread
 from cairn.components import Components, State
-from cairn.config import Config
+from cairn.config import Config, WorkerManager
 from cairn.errors import CairnError
 from cairn.generations import Generations
 from cairn.gossip.digest import ModelDigest, NodeDigest
@@ -27,7 +27,9 @@ from cairn.identity import of_this_machine
 from cairn.inference.front import Inference
 from cairn.probe import Probe, Snapshot
 from cairn.sdnotify import Notifier
+from cairn.sleep import Kind, Sleepable, Sleeper
 from cairn.status.app import create_app
+from cairn.units import SystemdUnits
 
 log = logging.getLogger(__name__)
 Sample = tuple[Snapshot, tuple[Generations | None, str]]
@@ -51,7 +53,11 @@ class Supervisor:
         self.components = Components()
         self.state_dir = Path(config.node.state_dir)
         self.probe = Probe(self.state_dir, Path(config.probe.nix_profiles))
-        self.inference = Inference(config, self.state_dir / "run")
+        # systemd on the system bus: for socket-activated workers and for sleepable services.
+        systemd = config.inference.workers is WorkerManager.SYSTEMD or config.sleep.services
+        self.systemd = SystemdUnits() if systemd else None
+        self.inference = Inference(config, self.state_dir / "run", self.systemd)
+        self.sleeper = self._sleeper()
         # Reads the key file: a missing or bad one stops the start here, with its reason.
         self.cluster = Cluster(config.gossip, config.node.name) if config.gossip else None
         self.api_token = read_token(config.api.token_file) if config.api.token_file else None
@@ -69,6 +75,17 @@ class Supervisor:
         )
         self._inflight_since = 0.0
         self._status_text = ""
+
+    def _sleeper(self) -> Sleeper:
+        units = []
+        for m in self.inference.models.values():
+            m.sleepable = Sleepable(m.unit, Kind.MODEL, m.cfg.idle_ttl, self.inference.units)
+            units.append(m.sleepable)
+        for svc in self.config.sleep.services:
+            assert self.systemd is not None
+            units.append(Sleepable(svc.unit, Kind.SERVICE, svc.ttl, self.systemd, svc.socket))
+        sleeper = self.inference.sleeper = Sleeper(self.config.sleep, units)
+        return sleeper
 
     def accepted_tokens(self) -> list[str]:
         """Bearer tokens the API takes from the network: the operator's, and the peers'."""
@@ -150,6 +167,7 @@ class Supervisor:
             gpu_celsius=gpu.temperature_celsius if gpu else None,
             gpu_util=gpu.utilization_ratio if gpu else None,
             models=models,
+            sleeping=self.sleeper.asleep(),
         )
 
     async def gossip_tick(self) -> None:
@@ -187,7 +205,10 @@ class Supervisor:
             # NVML's init can take seconds on a GPU host without the persistence daemon.
             await run_in_daemon_thread(self._prepare, "cairn-start")
             probe_started = True
+            if self.systemd is not None:
+                await self.systemd.open()
             await self.inference.start()
+            await self.sleeper.start()
             await runner.setup()
             api = self.config.api
             await web.TCPSite(runner, api.host, api.port, reuse_address=True).start()
@@ -216,6 +237,15 @@ class Supervisor:
                 max_instances=1,
                 coalesce=True,
             )
+            if self.sleeper.units:
+                scheduler.add_job(
+                    self.sleeper.tick,
+                    "interval",
+                    seconds=self.config.sleep.interval,
+                    id="sleep",
+                    max_instances=1,
+                    coalesce=True,
+                )
             if self.config.models:
                 scheduler.add_job(
                     self.watch_models,
@@ -244,6 +274,8 @@ class Supervisor:
                 await self.cluster.stop()  # leave first: peers see "left", not "dead"
             await runner.cleanup()
             await self.inference.stop()
+            if self.systemd is not None:
+                await self.systemd.close()
             if probe_started:
                 self._release_probe()
             log.info("stopped")

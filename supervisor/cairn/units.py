@@ -83,6 +83,9 @@ class Units(Protocol):
     async def list(self, patterns: list[str]) -> list[UnitState]:
         """Loaded units matching any of the glob patterns."""
 
+    async def socket_counters(self, unit: str) -> SocketCounters:
+        """A socket unit's counters and listening addresses."""
+
     def watch(self, fn: Watcher) -> None:
         """Call `fn` on the event loop whenever a unit's ActiveState or SubState changes."""
 

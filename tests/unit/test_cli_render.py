@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import msgspec
 
-from cairn.cli import render_status
+from cairn.cli import render_status, render_units
 from cairn.components import State, Status
 from cairn.generations import Generation, Generations
 from cairn.gpu import Gpu
 from cairn.identity import Identity
 from cairn.probe import Cpu, Disk, Memory, Snapshot, Temperature
+from cairn.sleep import Kind, Phase, UnitView
 from cairn.status.document import StatusDocument
 
 GIB = 1 << 30
@@ -55,6 +56,32 @@ def document() -> dict:
         generation_reason="",
         models={},
         cluster=None,
+        sleep=[
+            UnitView(
+                "cairn-model@demo.service",
+                Kind.MODEL,
+                None,
+                Phase.ASLEEP,
+                0,
+                42.0,
+                300.0,
+                {"idle": 2},
+                3,
+                1.25,
+            ),
+            UnitView(
+                "notebook.service",
+                Kind.SERVICE,
+                "notebook.socket",
+                Phase.AWAKE,
+                1,
+                0.0,
+                600.0,
+                {},
+                0,
+                None,
+            ),
+        ],
     )
     out: dict = msgspec.to_builtins(doc)
     return out
@@ -74,3 +101,48 @@ def test_renders_every_section() -> None:
     assert gpu1.endswith("Tesla T4")
     assert any(line.split() == ["system-41", "booted"] for line in lines)
     assert any(line.split() == ["system-42", "current"] for line in lines)
+
+
+def test_renders_the_sleepable_units() -> None:
+    lines = render_units(document()["sleep"]).splitlines()
+    assert lines[0].split() == [
+        "UNIT",
+        "KIND",
+        "STATE",
+        "BUSY",
+        "IDLE",
+        "TTL",
+        "SLEEPS",
+        "WAKES",
+        "LAST",
+        "WAKE",
+    ]
+    assert lines[1].split() == [
+        "cairn-model@demo.service",
+        "model",
+        "asleep",
+        "0",
+        "42",
+        "s",
+        "300",
+        "s",
+        "2",
+        "idle",
+        "3",
+        "1.25",
+        "s",
+    ]
+    assert lines[2].split() == [
+        "notebook.service",
+        "service",
+        "awake",
+        "1",
+        "0",
+        "s",
+        "600",
+        "s",
+        "0",
+        "0",
+        "-",
+    ]
+    assert render_units([]) == "no sleepable units"

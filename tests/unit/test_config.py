@@ -98,6 +98,7 @@ def test_schema_describes_every_section_and_rejects_extras() -> None:
         "inference",
         "models",
         "gossip",
+        "sleep",
     }
     assert root["required"] == ["version"]
     assert root["additionalProperties"] is False
@@ -174,3 +175,43 @@ def test_gossip_defaults() -> None:
     assert cfg.gossip is not None
     assert (cfg.gossip.port, cfg.gossip.profile, cfg.gossip.cluster) == (8471, "lan", "cairn")
     assert config.standalone_default().gossip is None
+
+
+@pytest.mark.parametrize(
+    ("service", "path", "problem"),
+    [
+        ({"socket": "nb.socket"}, "sleep.services.0.unit", "required key is missing"),
+        ({"unit": "nb.socket", "socket": "nb.socket"}, "sleep.services.0.unit", ".service"),
+        ({"unit": "nb.service", "socket": "nb.service"}, "sleep.services.0.socket", ".socket"),
+        ({"unit": "nb.service", "socket": "nb.socket", "ttl": 0}, "sleep.services.0.ttl", ">"),
+        ({"unit": "nb service", "socket": "nb.socket"}, "sleep.services.0.unit", "unit name"),
+    ],
+)
+def test_bad_sleep_settings_name_the_key(service: dict[str, Any], path: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.from_mapping({"version": 1, "sleep": {"services": [service]}})
+    assert err.value.path == path
+    assert problem in err.value.problem
+
+
+def test_a_service_listed_twice_is_refused() -> None:
+    svc = {"unit": "nb.service", "socket": "nb.socket"}
+    with pytest.raises(ConfigError) as err:
+        config.from_mapping({"version": 1, "sleep": {"services": [svc, svc]}})
+    assert err.value.path == "sleep.services.1.unit"
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"version": 1, "node": {"name": "n1\n"}},
+        {"version": 1, "models": [{"name": "m\n", "path": "/m", "kind": "gguf"}]},
+        {"version": 1, "sleep": {"services": [{"unit": "a.service\n", "socket": "a.socket"}]}},
+    ],
+)
+def test_a_trailing_newline_is_refused_by_the_loader_and_the_schema(doc: dict[str, Any]) -> None:
+    # Python's `$` matches before a final newline; the patterns must not, here or in the schema.
+    with pytest.raises(ConfigError):
+        config.from_mapping(doc)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, config.json_schema())

@@ -21,6 +21,7 @@ from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.service import MemberView
 from cairn.gpu import Gpu
 from cairn.identity import Identity
+from cairn.sleep import UnitView
 from cairn.status.app import create_app
 from cairn.status.document import StatusDocument
 from tests.conftest import free_port
@@ -110,6 +111,7 @@ OPENAPI = json.loads(resources.files("cairn.status").joinpath("openapi.json").re
         ("Member", MemberView),
         ("NodeDigest", NodeDigest),
         ("ModelDigest", ModelDigest),
+        ("SleepableUnit", UnitView),
     ],
 )
 def test_openapi_schema_lists_exactly_the_struct_fields(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from cairn.buckets import Buckets
 from cairn.gossip.broadcasts import BroadcastQueue
 from cairn.gossip.clock import Addr, Clock, Timer, Transport
 from cairn.gossip.keyring import OVERHEAD, Dropped, Keyring, ReplayGuard
@@ -116,18 +117,11 @@ class Stats:
     tcp_acks: int = 0  # probes answered only over TCP: UDP to that peer is lossy or blocked
     push_pulls: int = 0
     push_pull_failures: int = 0
-    rtt_counts: list[int] = field(default_factory=lambda: [0] * (len(RTT_BUCKETS) + 1))
-    rtt_sum: float = 0.0
+    rtt: Buckets = field(default_factory=lambda: Buckets(RTT_BUCKETS))  # probe round trips
 
     def drop(self, reason: str) -> None:
         """Count one dropped packet."""
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
-
-    def rtt(self, seconds: float) -> None:
-        """Record one probe round trip."""
-        i = next((i for i, b in enumerate(RTT_BUCKETS) if seconds <= b), len(RTT_BUCKETS))
-        self.rtt_counts[i] += 1
-        self.rtt_sum += seconds
 
 
 @dataclass
@@ -295,7 +289,7 @@ class Membership:
 
         def on_ack() -> None:
             self._finish(seq)
-            self.stats.rtt(self.clock.now() - sent)
+            self.stats.rtt.observe(self.clock.now() - sent)
             if not asked:
                 self._adjust_awareness(-1)
 

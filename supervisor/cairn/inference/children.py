@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cairn.config import ModelConfig
+from cairn.units import JobFailed, SocketCounters, UnitError, UnitState, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,24 @@ class ChildWorker:
         self._notify: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.on_change: Callable[[str], None] | None = None
+
+    def _set(self, state: str, reason: str | None = None) -> None:
+        old, self.state = self.state, state
+        if reason is not None:
+            self.reason = reason
+        if state != old and self.on_change is not None:
+            self.on_change(state)
+
+    def running(self) -> bool:
+        """Whether it is being supervised (started and not stopped)."""
+        return self._task is not None and not self._stopping
 
     def start(self) -> None:
         """Start supervising: spawn now, respawn after crashes, until stop()."""
+        self._stopping = False
+        self.ready.clear()
+        self._set("starting", "")  # now, not when the task first runs: the state is read at once
         self.notify_path.parent.mkdir(parents=True, exist_ok=True)
         self.notify_path.unlink(missing_ok=True)
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -63,13 +81,13 @@ class ChildWorker:
             for line in data.splitlines():
                 key, _, value = line.partition("=")
                 if key == "READY" and value == "1":
-                    self.state, self.reason = "ready", ""
                     self.ready.set()
+                    self._set("ready", "")
                 elif key == "STATUS":
                     if value.startswith("failed: "):
                         self.reason = value.removeprefix("failed: ")
                     elif value.startswith("loading"):
-                        self.state = "loading"
+                        self._set("loading")
 
     async def _supervise(self) -> None:
         backoff = 1.0
@@ -78,8 +96,7 @@ class ChildWorker:
             if self.stopping():
                 break
             self.ready.clear()
-            self.state = "failed"
-            self.reason = self.reason or f"worker exited with status {rc}"
+            self._set("failed", self.reason or f"worker exited with status {rc}")
             log.warning(
                 "worker %s failed (%s); restarting in %.0f s", self.model.name, self.reason, backoff
             )
@@ -91,7 +108,7 @@ class ChildWorker:
         return self._stopping
 
     async def _run_once(self) -> int:
-        self.state, self.reason = "starting", ""
+        self._set("starting", "")
         env = {
             **os.environ,
             "NOTIFY_SOCKET": str(self.notify_path),
@@ -145,9 +162,99 @@ class ChildWorker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
         if self._notify is not None:
             asyncio.get_running_loop().remove_reader(self._notify.fileno())
             self._notify.close()
+            self._notify = None
             self.notify_path.unlink(missing_ok=True)
-        self.state, self.pid = "stopped", None
+        self.pid = None
         self.ready.clear()
+        self._set("stopped")
+
+
+# systemd's words for a child's states, so the sleeper reads both backends alike.
+ACTIVE_STATE = {
+    "starting": "activating",
+    "loading": "activating",
+    "ready": "active",
+    "failed": "failed",
+    "stopped": "inactive",
+}
+
+
+class ChildUnits:
+    """The `Units` interface over the standalone children, one per `cairn-model@NAME.service`."""
+
+    def __init__(self, children: dict[str, ChildWorker]) -> None:
+        self.children = children
+        self._watchers: list[Watcher] = []
+        self._failed: dict[str, list[asyncio.Future[None]]] = {}
+        for unit, child in children.items():
+            child.on_change = lambda state, unit=unit: self._changed(unit, state)
+
+    def _changed(self, unit: str, state: str) -> None:
+        if state == "failed":  # a start waiting for this one has its answer
+            for fut in self._failed.get(unit, []):
+                if not fut.done():
+                    fut.set_result(None)
+        for fn in self._watchers:
+            fn(UnitState(unit, ACTIVE_STATE[state], state))
+
+    def _child(self, unit: str) -> ChildWorker:
+        child = self.children.get(unit)
+        if child is None:
+            raise UnitError(f"{unit}: no such unit")
+        return child
+
+    async def start(self, unit: str) -> None:
+        """Spawn the worker (if it is not running) and wait until it is ready."""
+        child = self._child(unit)
+        if not child.running():
+            child.start()
+        ready = asyncio.ensure_future(child.ready.wait())
+        failed = asyncio.get_running_loop().create_future()
+        self._failed.setdefault(unit, []).append(failed)
+        try:
+            done, _ = await asyncio.wait(
+                {ready, failed}, timeout=child.model.startup_timeout, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            ready.cancel()
+            self._failed[unit].remove(failed)
+        if ready not in done:
+            raise JobFailed(unit, "start", "failed" if failed in done else "timeout")
+
+    async def stop(self, unit: str) -> None:
+        """Stop the worker (SIGTERM, then SIGKILL)."""
+        await self._child(unit).stop()
+
+    async def restart(self, unit: str) -> None:
+        """Stop, then start and wait for ready."""
+        await self.stop(unit)
+        await self.start(unit)
+
+    async def reset_failed(self, unit: str) -> None:
+        """Nothing to reset: a child has no start limit."""
+        self._child(unit)
+
+    async def state(self, unit: str) -> UnitState:
+        """The child's state in systemd's words."""
+        child = self._child(unit)
+        return UnitState(unit, ACTIVE_STATE[child.state], child.state)
+
+    async def list(self, patterns: list[str]) -> list[UnitState]:
+        """Every child matching one of the globs."""
+        return [
+            await self.state(u)
+            for u in sorted(self.children)
+            if any(fnmatch.fnmatchcase(u, p) for p in patterns)
+        ]
+
+    async def socket_counters(self, unit: str) -> SocketCounters:
+        """Children have no socket units."""
+        raise UnitError(f"{unit}: standalone workers have no socket unit")
+
+    def watch(self, fn: Watcher) -> None:
+        """Call `fn` on every state change of a child."""
+        self._watchers.append(fn)

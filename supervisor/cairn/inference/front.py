@@ -16,7 +16,9 @@ from aiohttp import web
 
 from cairn.config import Config, ModelConfig, WorkerManager
 from cairn.inference import openai
-from cairn.inference.children import ChildWorker
+from cairn.inference.children import ChildUnits, ChildWorker
+from cairn.sleep import Phase, Sleepable, Sleeper
+from cairn.units import UnitError, Units
 
 if TYPE_CHECKING:
     from cairn.gossip.service import Cluster, Peer
@@ -28,6 +30,12 @@ PEER_CONNECT_TIMEOUT_S = 3.0
 PASS_HEADERS = ("Content-Type", "Retry-After", "Cache-Control")
 _STARTED = "cairn_response"  # request key: the response once its headers went out
 FORWARDED_BY = "X-Cairn-Forwarded-By"  # set on a request one node passes to another
+WAKE_KEEPALIVE_S = 1.0  # a streaming client waiting for a wake hears from us this often
+
+
+def unit_of(model: str) -> str:
+    """The worker unit of a model (the standalone children answer to the same names)."""
+    return f"cairn-model@{model}.service"
 
 
 def _started(request: web.Request) -> web.StreamResponse | None:
@@ -41,6 +49,8 @@ class Model:
 
     def __init__(self, cfg: ModelConfig, socket_path: Path, child: ChildWorker | None) -> None:
         self.cfg = cfg
+        self.unit = unit_of(cfg.name)
+        self.sleepable: Sleepable | None = None  # set with the sleeper, which keeps it true
         self.socket_path = socket_path
         self.child = child
         self.health: dict[str, Any] | None = None
@@ -57,16 +67,28 @@ class Model:
             )
         return self._session
 
+    @property
+    def phase(self) -> Phase:
+        """Awake, waking, asleep or failed, as systemd last said; unknown without a sleeper."""
+        return self.sleepable.phase if self.sleepable else Phase.UNKNOWN
+
     def full(self) -> bool:
         """Whether its queue is full by the last health report (the next request waits long)."""
         stats = (self.health or {}).get("stats", {})
         return bool(stats) and stats.get("queued", 0) >= self.cfg.queue
 
     def state(self) -> tuple[str, str]:
-        """(state, reason): starting, loading, ready, failed, or socket (systemd activates it)."""
-        if self.child is None:
-            return ("ready", "") if self.health else ("socket", "started on first request")
-        return self.child.state, self.child.reason
+        """(state, reason): starting, loading, ready, failed, asleep, or socket (not known yet)."""
+        if self.child is not None:
+            if self.child.state == "stopped":
+                return "asleep", "woken by the next request"
+            return self.child.state, self.child.reason
+        return {
+            Phase.AWAKE: ("ready", ""),
+            Phase.WAKING: ("loading", "waking"),
+            Phase.ASLEEP: ("asleep", "woken by the next request"),
+            Phase.FAILED: ("failed", "the unit failed; the next request starts it again"),
+        }.get(self.phase, ("socket", "started on first request"))
 
     async def close(self) -> None:
         """Close the client session."""
@@ -77,7 +99,7 @@ class Model:
 class Inference:
     """Owns the models: starts children in standalone mode, proxies requests, polls health."""
 
-    def __init__(self, config: Config, run_dir: Path) -> None:
+    def __init__(self, config: Config, run_dir: Path, units: Units | None = None) -> None:
         self.config = config
         self.run_dir = run_dir
         sockets = self.socket_dir = Path(
@@ -96,6 +118,12 @@ class Inference:
             for m in config.models
         }
         self._config_path = config_path
+        if children:
+            units = ChildUnits({m.unit: m.child for m in self.models.values() if m.child})
+        elif units is None:
+            raise ValueError("systemd workers need a systemd connection")
+        self.units: Units = units
+        self.sleeper: Sleeper | None = None  # set by the supervisor
         self.cluster: Cluster | None = None  # set by the supervisor when gossip is on
         self._peers: aiohttp.ClientSession | None = None
         self.forwarded = 0
@@ -126,25 +154,28 @@ class Inference:
         out = {}
         for name, m in self.models.items():
             state, reason = m.state()
-            if state not in ("ready", "socket"):
+            if state not in ("ready", "socket", "asleep"):
                 out[name] = f"{state}: {reason}" if reason else state
         return out
 
     async def poll_health(self) -> None:
-        """Refresh each running worker's /health (never wakes a socket-activated one)."""
+        """Refresh each awake worker's /health; never wakes one, nor counts as its use."""
         for m in self.models.values():
-            if m.child is None or m.child.state != "ready":
-                if m.child is not None:
-                    m.health = None
-                continue
-            try:
-                async with m.session.get(
-                    "http://worker/health", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
-                ) as resp:
-                    m.health = await resp.json()
-            except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as err:
-                log.warning("health of %s failed: %s", m.cfg.name, err)
+            up = m.child.state == "ready" if m.child else m.phase is Phase.AWAKE
+            lock = m.sleepable.transition if m.sleepable else None
+            if not up or (lock is not None and lock.locked()):  # asleep, or being put to sleep
                 m.health = None
+                continue
+            async with lock or contextlib.nullcontext():
+                try:
+                    async with m.session.get(
+                        "http://worker/health",
+                        timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S),
+                    ) as resp:
+                        m.health = await resp.json()
+                except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as err:
+                    log.warning("health of %s failed: %s", m.cfg.name, err)
+                    m.health = None
 
     def status(self) -> dict[str, Any]:
         """Per-model state for /status."""
@@ -224,29 +255,65 @@ class Inference:
                 param="model",
                 code="model_not_found",
             )
-        unavailable = await self._wait_available(model)
-        if unavailable:
-            return openai.error(
-                503,
-                f"model '{name}' is unavailable: {unavailable}",
-                "model_unavailable",
-                param="model",
-                code="model_unavailable",
-                headers={"Retry-After": "5"},
-            )
-        return await self._forward(request, model, body)
+        streaming = isinstance(doc, dict) and doc.get("stream") is True
+        if self.sleeper is None:
+            return await self._serve(request, model, body, streaming)
+        self.sleeper.begin(model.unit)  # from here on it is in use: nothing puts it to sleep
+        try:
+            return await self._serve(request, model, body, streaming)
+        finally:
+            self.sleeper.end(model.unit)
 
-    async def _wait_available(self, model: Model) -> str:
-        """'' when the worker can take the request, else why not (waits while it loads)."""
+    async def _serve(
+        self, request: web.Request, model: Model, body: bytes, streaming: bool
+    ) -> web.StreamResponse:
+        """Wake the worker if it sleeps (a streaming client hears why it waits), then forward."""
         child = model.child
-        if child is None:
-            return ""
-        if child.state in ("starting", "loading"):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(child.ready.wait(), model.cfg.startup_timeout)
-        if child.state != "ready":
-            return child.reason or child.state
+        if child is not None and child.state == "failed":  # in its restart backoff: say why now
+            return _unavailable(model.cfg.name, child.reason or child.state)
+        ready = child.state == "ready" if child else model.phase in (Phase.AWAKE, Phase.UNKNOWN)
+        if ready:
+            return await self._forward(request, model, body)
+        resp = None
+        keepalive = None
+        if streaming:  # the answer is an event stream anyway: start it, and say we are waking
+            resp = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            request[_STARTED] = resp
+            await resp.prepare(request)
+            keepalive = asyncio.create_task(self._keepalive(resp, model.cfg.name))
+        try:
+            why = await self._wake(model)
+        finally:
+            if keepalive is not None:
+                keepalive.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keepalive
+        if why:
+            if resp is None:
+                return _unavailable(model.cfg.name, why)
+            await _sse_error(resp, 503, f"model '{model.cfg.name}' is unavailable: {why}")
+            return resp
+        return await self._forward(request, model, body, resp)
+
+    async def _wake(self, model: Model) -> str:
+        """'' once the worker is ready, else why it is not."""
+        timeout = model.cfg.startup_timeout
+        assert self.sleeper is not None
+        try:
+            await self.sleeper.wake(model.unit, timeout)
+        except TimeoutError:
+            return f"not ready after {timeout:g} s"
+        except UnitError as err:
+            return str(err)
         return ""
+
+    async def _keepalive(self, resp: web.StreamResponse, name: str) -> None:
+        """SSE comment lines (ignored by clients) while the worker wakes."""
+        while True:
+            await resp.write(f": waking {name}\n\n".encode())
+            await asyncio.sleep(WAKE_KEEPALIVE_S)
 
     async def _to_peer(
         self, request: web.Request, peer: Peer, body: bytes
@@ -277,15 +344,29 @@ class Inference:
             return None
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        resp: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
-        """Stream an upstream answer back to the client as it arrives."""
-        resp = web.StreamResponse(
-            status=upstream.status,
-            headers={h: upstream.headers[h] for h in PASS_HEADERS if h in upstream.headers},
-        )
-        request[_STARTED] = resp
-        await resp.prepare(request)
+        """Stream an upstream answer back to the client as it arrives.
+
+        `resp`: an event stream already started (a wake was announced on it); an error answer
+        then arrives as an SSE error event, since the status line is gone.
+        """
+        if resp is not None:
+            if upstream.status != 200:
+                await _sse_error(
+                    resp, upstream.status, (await upstream.read()).decode(errors="replace")
+                )
+                return resp
+        else:
+            resp = web.StreamResponse(
+                status=upstream.status,
+                headers={h: upstream.headers[h] for h in PASS_HEADERS if h in upstream.headers},
+            )
+            request[_STARTED] = resp
+            await resp.prepare(request)
         # A client that goes away cancels this handler; leaving the caller's `async with`
         # closes the upstream connection, and the worker cancels the generation.
         async for piece in upstream.content.iter_any():
@@ -293,30 +374,49 @@ class Inference:
         await resp.write_eof()
         return resp
 
-    async def _forward(self, request: web.Request, model: Model, body: bytes) -> web.StreamResponse:
+    async def _forward(
+        self,
+        request: web.Request,
+        model: Model,
+        body: bytes,
+        resp: web.StreamResponse | None = None,
+    ) -> web.StreamResponse:
         try:
             async with model.session.post(
                 f"http://worker{request.path}",
                 data=body,
                 headers={"Content-Type": "application/json"},
             ) as upstream:
-                return await self._relay(request, upstream)
+                return await self._relay(request, upstream, resp)
         except (aiohttp.ClientConnectionError, OSError) as err:
             if (started := _started(request)) is not None:  # a side hung up mid-stream
                 log.info("stream of %s ended early: %s", model.cfg.name, err)
                 return started
             if model.child is None:
                 model.health = None
-            return openai.error(
-                503,
-                f"model '{model.cfg.name}' is unavailable: {err}",
-                "model_unavailable",
-                param="model",
-                code="model_unavailable",
-            )
+            return _unavailable(model.cfg.name, str(err))
 
     def add_routes(self, app: web.Application) -> None:
         """Register /v1 routes on the supervisor's app."""
         app.router.add_get("/v1/models", self.list_models)
         for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
             app.router.add_post(path, self.proxy)
+
+
+def _unavailable(name: str, why: str) -> web.Response:
+    """503 in OpenAI's shape, naming the model and why."""
+    return openai.error(
+        503,
+        f"model '{name}' is unavailable: {why}",
+        "model_unavailable",
+        param="model",
+        code="model_unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
+async def _sse_error(resp: web.StreamResponse, status: int, message: str) -> None:
+    """An error inside an event stream whose status line already went out."""
+    doc = {"error": {"message": message, "type": "model_unavailable", "code": status}}
+    await resp.write(b"data: " + msgspec.json.encode(doc) + b"\n\ndata: [DONE]\n\n")
+    await resp.write_eof()

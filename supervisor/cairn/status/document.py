@@ -11,6 +11,7 @@ from cairn.generations import Generations
 from cairn.gossip.service import MemberView
 from cairn.identity import Identity
 from cairn.probe import Snapshot
+from cairn.sleep import UnitView
 
 if TYPE_CHECKING:
     from cairn.daemon import Supervisor
@@ -31,6 +32,7 @@ class StatusDocument(msgspec.Struct, frozen=True):
     generation_reason: str
     models: dict[str, dict[str, Any]]
     cluster: list[MemberView] | None
+    sleep: list[UnitView]
 
 
 def build(sup: Supervisor) -> StatusDocument:
@@ -48,4 +50,5 @@ def build(sup: Supervisor) -> StatusDocument:
         generation_reason=sup.generation_reason,
         models=sup.inference.status(),
         cluster=sup.cluster.status() if sup.cluster else None,
+        sleep=sup.sleeper.status(),
     )

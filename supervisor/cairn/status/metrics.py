@@ -21,7 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from cairn.gossip.membership import RTT_BUCKETS
+from cairn.sleep import Phase
 
 if TYPE_CHECKING:
     from cairn.daemon import Supervisor
@@ -54,6 +54,7 @@ class NodeCollector(Collector):
         yield from self._snapshot()
         yield from self._models()
         yield from self._gossip()
+        yield from self._sleep()
         fwd = CounterMetricFamily(
             "cairn_requests_forwarded", "Requests this node passed on to a peer's front."
         )
@@ -66,6 +67,24 @@ class NodeCollector(Collector):
         if current:
             gen.add_metric([], current[0])
         yield gen
+
+    def _sleep(self) -> Iterator[Metric]:
+        units = self.sup.sleeper.units.values()
+        asleep = _gauge("unit_asleep", "1 while the sleepable unit is asleep.", ["unit"])
+        sleeps = CounterMetricFamily(
+            "cairn_unit_sleeps", "Times the sleeper stopped the unit.", labels=["unit", "reason"]
+        )
+        wakes = CounterMetricFamily("cairn_unit_wakes", "Times the unit woke.", labels=["unit"])
+        latency = HistogramMetricFamily(
+            "cairn_unit_wake_seconds", "From start to ready, per wake.", labels=["unit"]
+        )
+        for s in units:
+            asleep.add_metric([s.unit], 1.0 if s.phase is Phase.ASLEEP else 0.0)
+            for reason in ("idle", "memory"):
+                sleeps.add_metric([s.unit, reason], s.sleeps.get(reason, 0))
+            wakes.add_metric([s.unit], s.wakes)
+            latency.add_metric([s.unit], s.wake_latency.cumulative(), s.wake_latency.total)
+        yield from (asleep, sleeps, wakes, latency)
 
     def _gossip(self) -> Iterator[Metric]:
         member = self.sup.cluster.member if self.sup.cluster else None
@@ -111,10 +130,7 @@ class NodeCollector(Collector):
             dropped.add_metric([reason], n)
         yield dropped
         rtt = HistogramMetricFamily("cairn_gossip_probe_rtt_seconds", "Probe round-trip times.")
-        buckets = [(str(b), sum(st.rtt_counts[: i + 1])) for i, b in enumerate(RTT_BUCKETS)] + [
-            ("+Inf", sum(st.rtt_counts))
-        ]
-        rtt.add_metric([], buckets, st.rtt_sum)
+        rtt.add_metric([], st.rtt.cumulative(), st.rtt.total)
         yield rtt
 
     def _snapshot(self) -> Iterator[Metric]:
@@ -155,7 +171,7 @@ class NodeCollector(Collector):
         yield from self._gpus(snap)
 
     def _models(self) -> Iterator[Metric]:
-        states = ("starting", "loading", "ready", "failed", "socket", "stopped")
+        states = ("starting", "loading", "ready", "failed", "socket", "asleep")
         state = _gauge("model_state", "1 for the model's current state.", ["model", "state"])
         stats = {
             "queued": ("model_queue_depth", "Requests waiting for a slot."),
