@@ -11,10 +11,12 @@ let
     concatStringsSep
     literalExpression
     literalMD
+    mapAttrs'
     mapAttrsToList
     mkEnableOption
     mkIf
     mkOption
+    nameValuePair
     optionals
     replaceStrings
     types
@@ -222,6 +224,44 @@ in
       '';
     };
 
+    sleepable = mkOption {
+      type = types.attrsOf (
+        types.submodule (
+          { name, ... }:
+          {
+            options = {
+              socket = mkOption {
+                type = types.str;
+                default = "${name}.socket";
+                defaultText = literalExpression ''"''${name}.socket"'';
+                example = "jupyter-proxy.socket";
+                description = ''
+                  The socket unit that keeps listening while the service sleeps; its next
+                  connection wakes the service (systemd socket activation).
+                '';
+              };
+              ttl = mkOption {
+                type = types.ints.positive;
+                default = 300;
+                example = 900;
+                description = "Seconds without open connections after which the supervisor stops the service.";
+              };
+            };
+          }
+        )
+      );
+      default = { };
+      example = literalExpression ''{ jupyter = { ttl = 900; }; }'';
+      description = ''
+        Socket-activated services the supervisor puts to sleep when idle, by service name
+        (without `.service`). Each lands in `settings.sleep.services`, and the supervisor may
+        start and stop it (polkit). Make the service `Type=notify` and have it accept
+        connections only once it is ready: connections that arrive while it starts wait in the
+        socket's backlog, so none is refused. Model workers need nothing here: they sleep after
+        their model's `idleTtl`.
+      '';
+    };
+
     managedUnits = mkOption {
       type = types.attrsOf (types.listOf types.str);
       default = { };
@@ -266,26 +306,36 @@ in
 
     # Set here rather than as the option's default, so that other modules' definitions add to
     # these instead of replacing them.
-    services.cairn.managedUnits = {
-      "cairn-model@*.service" = [
-        "start"
-        "stop"
-        "restart"
-        "try-restart"
-        "kill"
-        "reset-failed"
-        "freeze"
-        "thaw"
-      ];
-      "cairn-model@*.socket" = [
-        "start"
-        "stop"
-        "restart"
-        "reset-failed"
-      ];
-      # The privileged rollback helper: the supervisor may only start it.
-      "cairn-rollback.service" = [ "start" ];
-    };
+    services.cairn.managedUnits = lib.mkMerge [
+      {
+        "cairn-model@*.service" = [
+          "start"
+          "stop"
+          "restart"
+          "try-restart"
+          "kill"
+          "reset-failed"
+          "freeze"
+          "thaw"
+        ];
+        "cairn-model@*.socket" = [
+          "start"
+          "stop"
+          "restart"
+          "reset-failed"
+        ];
+        # The privileged rollback helper: the supervisor may only start it.
+        "cairn-rollback.service" = [ "start" ];
+      }
+      # Sleepable services: started by their socket, stopped when idle.
+      (mapAttrs' (
+        name: _:
+        nameValuePair "${name}.service" [
+          "start"
+          "stop"
+        ]
+      ) cfg.sleepable)
+    ];
 
     services.cairn.settings = lib.mkMerge [
       (mkIf cfg.gossip.enable {
@@ -295,6 +345,12 @@ in
         };
       })
       (mkIf (cfg.apiTokenFile != null) { api.token_file = lib.mkDefault "${credentials}/api-token"; })
+      (mkIf (cfg.sleepable != { }) {
+        sleep.services = mapAttrsToList (name: svc: {
+          unit = "${name}.service";
+          inherit (svc) socket ttl;
+        }) cfg.sleepable;
+      })
     ];
 
     users.users.${cfg.user} = {
