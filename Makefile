@@ -36,7 +36,7 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: run test lint typecheck unit integration bench-footprint bench-inference bench-gossip apt-run apt-test clean \
+.PHONY: run test lint typecheck unit integration bench-footprint bench-inference bench-gossip bench-wake apt-run apt-test clean \
   options-doc
 
 run: $(VENV)/.run-installed
@@ -66,6 +66,11 @@ bench-footprint: $(VENV)/.run-installed
 # BENCH_ARGS=--quick for a smoke run; a full run takes a long while at N = 1000.
 bench-gossip: $(VENV)/.run-installed
 	$(BIN)/python -m tests.bench.gossip $(BENCH_ARGS)
+
+# Wake latency of a sleeping service beside systemd-socket-proxyd, in a throwaway systemd node
+# (root). BENCH_ARGS="--wakes 10" for a shorter run.
+bench-wake: $(VENV)/.test-installed apt-test
+	$(BIN)/python -m tests.bench.wake $(BENCH_ARGS)
 
 # Tokens/s and time to first token beside llama-server and llama-cpp-python's server; builds
 # llama-server once (minutes) into ~/.cache/cairn/bench. BENCH_ARGS=--quick for a smoke run.

@@ -2,8 +2,10 @@
 """A small HTTP service that takes a while to become ready, for the sleep/wake tests and bench.
 
 Socket-activated (LISTEN_FDS) or bound to --listen HOST:PORT. Sleeps --start-seconds, sends
-READY=1 to $NOTIFY_SOCKET, then answers every GET with 200 "ok". Each start appends a line to
---starts. Standard library only: it runs on the test nodes' own python3.
+READY=1 to $NOTIFY_SOCKET, then answers every GET with 200 "ok". --starts FILE gets a line
+"start T" when it starts and "ready T" as it sends READY=1 (T: CLOCK_MONOTONIC seconds, the
+clock of systemd's *TimestampMonotonic properties). Standard library only: it runs on the test
+nodes' own python3.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.starts:
         with open(args.starts, "a") as f:
-            f.write(f"{time.time()}\n")
+            f.write(f"start {time.monotonic()}\n")
     if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
         sock = socket.socket(fileno=3)
     else:
@@ -63,6 +65,9 @@ def main() -> None:
     server = Server(sock.getsockname()[:2], Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = sock
+    if args.starts:
+        with open(args.starts, "a") as f:
+            f.write(f"ready {time.monotonic()}\n")
     notify("READY=1")
     server.serve_forever()
 
