@@ -273,7 +273,9 @@ in
         `org.freedesktop.systemd1.manage-units`.
 
         This module always adds the model workers (`cairn-model@*.service`,
-        `cairn-model@*.socket`) and `cairn-rollback.service` (start only); definitions
+        `cairn-model@*.socket`) and `cairn-rollback.service` (start only), each
+        {option}`services.cairn.sleepable` service (start, stop) and, with
+        `settings.power.enable`, `suspend.target` (start); definitions
         elsewhere merge with those per glob (the verb lists are concatenated), so a later
         capability only names its own units.
       '';
@@ -327,6 +329,8 @@ in
         # The privileged rollback helper: the supervisor may only start it.
         "cairn-rollback.service" = [ "start" ];
       }
+      # settings.power: an idle node suspends itself (peers wake it with Wake-on-LAN).
+      (mkIf (cfg.settings.power.enable or false) { "suspend.target" = [ "start" ]; })
       # Sleepable services: started by their socket, stopped when idle.
       (mapAttrs' (
         name: _:

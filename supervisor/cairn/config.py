@@ -258,6 +258,25 @@ class SleepConfig(_Section, frozen=True):
     ] = 1.0
 
 
+class PowerConfig(_Section, frozen=True):
+    """Suspend this node while the cluster does not need it; peers wake it with Wake-on-LAN."""
+
+    enable: bool = False
+    idle_after: Annotated[
+        float, msgspec.Meta(gt=0, description="seconds without any use before it may suspend")
+    ] = 3600.0
+    mac: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=r"^(?!.*\n)[0-9a-f]{2}(:[0-9a-f]{2}){5}$",
+                description="a MAC address in lower case, e.g. 52:54:00:12:34:56",
+            ),
+        ]
+        | None
+    ) = None  # default: the MAC of the interface holding the gossip address
+
+
 class LogConfig(_Section, frozen=True):
     """Logging verbosity."""
 
@@ -279,6 +298,7 @@ class Config(_Section, frozen=True):
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     gossip: GossipConfig | None = None
     sleep: SleepConfig = msgspec.field(default_factory=SleepConfig)
+    power: PowerConfig = msgspec.field(default_factory=PowerConfig)
 
     def model(self, name: str) -> ModelConfig | None:
         """The model of that name, if configured."""
@@ -352,6 +372,10 @@ def from_mapping(data: Any, source: str = "") -> Config:
                 f"{len(m.cpus)} cores for {m.threads} threads: each thread needs its own core",
                 source,
             )
+    if cfg.power.enable and cfg.gossip is None:
+        raise ConfigError(
+            "power.enable", "needs [gossip]: peers must know when the node is needed", source
+        )
     units: set[str] = set()
     for i, svc in enumerate(cfg.sleep.services):
         if not svc.unit.endswith(".service") or not svc.socket.endswith(".socket"):

@@ -25,11 +25,12 @@ from cairn.gossip.digest import encode as encode_digest
 from cairn.gossip.service import Cluster
 from cairn.identity import of_this_machine
 from cairn.inference.front import Inference
+from cairn.power import SUSPENDED, mac_of, may_suspend
 from cairn.probe import Probe, Snapshot
 from cairn.sdnotify import Notifier
-from cairn.sleep import Kind, Sleepable, Sleeper
+from cairn.sleep import Kind, Phase, Sleepable, Sleeper
 from cairn.status.app import create_app
-from cairn.units import SystemdUnits
+from cairn.units import SystemdUnits, UnitError
 
 log = logging.getLogger(__name__)
 Sample = tuple[Snapshot, tuple[Generations | None, str]]
@@ -38,6 +39,7 @@ SHUTDOWN_GRACE_S = 3.0  # in-flight HTTP requests get this long; the whole stop 
 DIGEST_EVERY_S = 1.0  # a changed digest goes out within this; an unchanged one is refreshed
 DIGEST_REFRESH_S = 30.0
 FIRST_PROBE_MAX_S = 1.0  # the first round comes soon, whatever the interval: readiness waits on it
+POWER_EVERY_S = 10.0  # how often an idle node asks whether it may suspend
 MODEL_WATCH_S = 1.0  # worker states change on notify; this only refreshes /health and readiness
 
 
@@ -54,10 +56,16 @@ class Supervisor:
         self.state_dir = Path(config.node.state_dir)
         self.probe = Probe(self.state_dir, Path(config.probe.nix_profiles))
         # systemd on the system bus: for socket-activated workers and for sleepable services.
-        systemd = config.inference.workers is WorkerManager.SYSTEMD or config.sleep.services
+        systemd = (
+            config.inference.workers is WorkerManager.SYSTEMD
+            or config.sleep.services
+            or config.power.enable
+        )
         self.systemd = SystemdUnits() if systemd else None
         self.inference = Inference(config, self.state_dir / "run", self.systemd)
         self.sleeper = self._sleeper()
+        self.power = "on"  # "suspended" while this node leaves the cluster to suspend
+        self.mac = config.power.mac
         # Reads the key file: a missing or bad one stops the start here, with its reason.
         self.cluster = Cluster(config.gossip, config.node.name) if config.gossip else None
         self.api_token = read_token(config.api.token_file) if config.api.token_file else None
@@ -168,6 +176,8 @@ class Supervisor:
             gpu_util=gpu.utilization_ratio if gpu else None,
             models=models,
             sleeping=self.sleeper.asleep(),
+            power=self.power,
+            mac=self.mac,
         )
 
     async def gossip_tick(self) -> None:
@@ -181,6 +191,37 @@ class Supervisor:
         if new != body or now - sent_at > DIGEST_REFRESH_S:
             self.cluster.publish(new)
             self._digest_sent = (new, now)
+
+    async def power_tick(self) -> None:
+        """Suspend when the cluster can do without this node; rejoin when it wakes."""
+        assert self.cluster is not None and self.cluster.member is not None
+        assert self.systemd is not None
+        if self.mac is None:
+            return  # nobody could wake it
+        units = self.sleeper.units.values()
+        last = max([self.inference.last_request, *(s.last_active for s in units)])
+        ok, why = may_suspend(
+            self.cluster.name,
+            list(self.inference.models),
+            time.monotonic() - last,
+            self.config.power.idle_after,
+            all(s.phase is Phase.ASLEEP for s in units),
+            self.cluster.views(),
+        )
+        if not ok:
+            return
+        log.warning("suspending this node: %s", why)
+        self.power = SUSPENDED
+        await self.gossip_tick()  # the digest says so, and carries the MAC
+        self.cluster.member.leave()
+        try:
+            await self.systemd.start("suspend.target")  # the job ends once the machine resumed
+        except UnitError as err:
+            log.error("could not suspend: %s", err)
+        self.power = "on"
+        self.cluster.member.resume()
+        await self.gossip_tick()
+        log.info("resumed; back in the cluster")
 
     def _announce(self) -> None:
         waiting = sorted(self.components.not_ready())
@@ -218,6 +259,21 @@ class Supervisor:
                 self.components.set("gossip", State.STARTING, "binding")
                 await self.cluster.start()
                 self.components.set("gossip", State.READY)
+                if self.config.power.enable:
+                    self.mac = self.mac or mac_of(self.cluster.advertise())
+                    if self.mac is None:
+                        log.warning(
+                            "power: no MAC for %s; this node never suspends",
+                            self.cluster.advertise(),
+                        )
+                    scheduler.add_job(
+                        self.power_tick,
+                        "interval",
+                        seconds=POWER_EVERY_S,
+                        id="power",
+                        max_instances=1,
+                        coalesce=True,
+                    )
                 scheduler.add_job(
                     self.gossip_tick,
                     "interval",

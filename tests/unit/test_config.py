@@ -99,6 +99,7 @@ def test_schema_describes_every_section_and_rejects_extras() -> None:
         "models",
         "gossip",
         "sleep",
+        "power",
     }
     assert root["required"] == ["version"]
     assert root["additionalProperties"] is False
@@ -215,3 +216,20 @@ def test_a_trailing_newline_is_refused_by_the_loader_and_the_schema(doc: dict[st
         config.from_mapping(doc)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, config.json_schema())
+
+
+def test_power_needs_gossip_and_a_well_formed_mac() -> None:
+    with pytest.raises(ConfigError) as err:
+        config.from_mapping({"version": 1, "power": {"enable": True}})
+    assert err.value.path == "power.enable"
+    with pytest.raises(ConfigError) as err:
+        config.from_mapping({"version": 1, "power": {"mac": "52:54:00:12:34"}})
+    assert err.value.path == "power.mac"
+    cfg = config.from_mapping(
+        {
+            "version": 1,
+            "gossip": {"key_file": "/k"},
+            "power": {"enable": True, "mac": "52:54:00:12:34:56"},
+        }
+    )
+    assert cfg.power.idle_after == 3600.0 and not config.standalone_default().power.enable

@@ -43,6 +43,8 @@ class NodeDigest(msgspec.Struct, frozen=True, array_like=True):
     models: dict[str, ModelDigest]
     sleeping: list[str] = []
     incidents: int = 0
+    power: str = "on"  # "suspended": it left to suspend; a magic packet to `mac` wakes it
+    mac: str | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -209,6 +209,12 @@ class Membership:
             self._send(m.addr, [msg])
         self.stop()
 
+    def resume(self) -> None:
+        """Run again after leave() (a suspended machine woke): announce a newer incarnation."""
+        self.leaving = False
+        self.incarnation += 1
+        self.start()
+
     def join(self, addrs: list[Addr], done: Callable[[int], None]) -> None:
         """Push-pull with each address; `done` gets how many answered."""
         results: list[bool] = []

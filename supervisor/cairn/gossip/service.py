@@ -7,6 +7,7 @@ import contextlib
 import logging
 import random
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,12 @@ from cairn.gossip.membership import Member, Membership
 from cairn.gossip.messages import Digest, MemberState
 from cairn.gossip.profiles import TIMINGS
 from cairn.gossip.transport import SocketTransport
+from cairn.power import WOL_PORT, PeerView, send_magic_packet, wake_targets
 
 log = logging.getLogger(__name__)
 
 JOIN_BACKOFF_S = (1.0, 30.0)
+WOL_EVERY_S = 10.0  # at most one magic packet per machine this often
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,9 @@ class Cluster:
         self.member: Membership | None = None
         self._join_task: asyncio.Task[None] | None = None
         self._decoded: dict[str, tuple[int, digests.NodeDigest | None]] = {}
+        self._woken: dict[str, float] = {}  # MAC -> when we last sent it a magic packet
+        self.wol_sent = 0
+        self.wol_to = ("255.255.255.255", WOL_PORT)  # the LAN's broadcast, the customary port
 
     def advertise(self) -> str:
         """The address peers reach us at; refuses to guess when it cannot know."""
@@ -229,6 +235,31 @@ class Cluster:
             if d is not None and model in d.models:
                 return True
         return False
+
+    def wake(self, model: str) -> list[str]:
+        """Send a magic packet to each suspended member serving `model`; their names."""
+        now = time.monotonic()
+        names = []
+        for name, mac in wake_targets(model, self.views()):
+            names.append(name)
+            if now - self._woken.get(mac, -WOL_EVERY_S) < WOL_EVERY_S:
+                continue  # one packet per machine every few seconds is plenty
+            try:
+                send_magic_packet(mac, self.wol_to)
+            except OSError as err:
+                log.warning("wake-on-LAN to %s (%s) failed: %s", name, mac, err)
+                continue
+            self._woken[mac] = now
+            self.wol_sent += 1
+            log.info("sent wake-on-LAN to %s (%s) for model %s", name, mac, model)
+        return names
+
+    def views(self) -> list[PeerView]:
+        """Every other member with its last digest, for the power policy."""
+        return [
+            PeerView(m.name, m.state, self._digest_of(m.digest))
+            for m in (self.member.members.values() if self.member else ())
+        ]
 
     def status(self) -> list[MemberView]:
         """Every member (ourselves first) for /status."""

@@ -127,6 +127,7 @@ class Inference:
         self.cluster: Cluster | None = None  # set by the supervisor when gossip is on
         self._peers: aiohttp.ClientSession | None = None
         self.forwarded = 0
+        self.last_request = time.monotonic()  # any /v1 request, served here or passed on
 
     async def start(self) -> None:
         """Write the config the workers read, then start the children (standalone)."""
@@ -231,6 +232,7 @@ class Inference:
                 param="model",
             )
         request["cairn_model"] = name  # the metrics middleware counts per model
+        self.last_request = time.monotonic()
         model = self.models.get(name)
         hop = FORWARDED_BY in request.headers  # one hop at most: never pass a request on twice
         if (model is None or model.full()) and self.cluster is not None and not hop:
@@ -239,6 +241,17 @@ class Inference:
                 if resp is not None:
                     return resp
         if model is None:
+            asleep = self.cluster.wake(name) if self.cluster is not None and not hop else []
+            if asleep:  # only suspended nodes serve it: they are being woken
+                return openai.error(
+                    503,
+                    f"model '{name}' is on suspended node(s) {', '.join(asleep)}, which are"
+                    " being woken; retry shortly",
+                    "model_unavailable",
+                    param="model",
+                    code="model_unavailable",
+                    headers={"Retry-After": "15"},
+                )
             if hop or (self.cluster is not None and self.cluster.knows_model(name)):
                 return openai.error(
                     503,

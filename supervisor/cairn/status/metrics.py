@@ -132,6 +132,12 @@ class NodeCollector(Collector):
         rtt = HistogramMetricFamily("cairn_gossip_probe_rtt_seconds", "Probe round-trip times.")
         rtt.add_metric([], st.rtt.cumulative(), st.rtt.total)
         yield rtt
+        assert self.sup.cluster is not None
+        wol = CounterMetricFamily(
+            "cairn_wake_on_lan_packets", "Magic packets sent to wake suspended peers."
+        )
+        wol.add_metric([], self.sup.cluster.wol_sent)
+        yield wol
 
     def _snapshot(self) -> Iterator[Metric]:
         snap = self.sup.snapshot
