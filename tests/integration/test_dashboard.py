@@ -7,10 +7,12 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
+from cairn.inference import demo_gguf
 from tests.conftest import REPO, Node, free_port, wait_for
 
 ARTIFACTS = REPO / "build" / "test-artifacts"
@@ -96,6 +98,7 @@ def test_dashboard_renders_status_tables(start_node: Callable[..., Node], tmp_pa
         assert tables["gpus"][0][0].startswith("no GPU: NVML")
     assert tables["generations"][0][0].startswith("unavailable: ")
     assert tables["cluster"] == [["standalone: gossip is off"]]
+    assert tables["sleep"] == [["nothing sleeps here"]]
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
@@ -132,3 +135,27 @@ def test_dashboard_shows_the_cluster(start_node: Callable[..., Node], tmp_path: 
     assert [r[2] for r in rows] == ["alive"] * 3
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     chromium(f"--screenshot={ARTIFACTS / 'dashboard-cluster.png'}", node.url + "/", tmp=tmp_path)
+
+
+def test_dashboard_shows_a_sleeping_worker(start_node: Callable[..., Node], tmp_path: Path) -> None:
+    model = demo_gguf.write_tiny_llama(tmp_path / "tiny.gguf")
+    sockets = tempfile.mkdtemp(prefix="cs-", dir="/tmp")  # unix socket paths must stay short
+    node = start_node(
+        probe_interval=0.5,
+        inference={"socket_dir": sockets},
+        models=[{"name": "tiny", "path": str(model), "kind": "gguf", "idle_ttl": 1}],
+    )
+    wait_for(
+        lambda: node.get("/status").json()["sleep"][0]["sleeps"] == {"idle": 1},
+        30,
+        "the idle worker to sleep",
+    )
+    parser = Tables()
+    parser.feed(chromium("--dump-dom", node.url + "/", tmp=tmp_path))
+    (row,) = parser.tables["sleep"]
+    assert row[:3] == ["cairn-model@tiny.service", "model", "asleep"]
+    assert row[5] == "0m 1s" and row[6] == "1 idle"
+    assert parser.tables["models"][0][2].startswith("asleep")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    chromium(f"--screenshot={ARTIFACTS / 'dashboard-sleep.png'}", node.url + "/", tmp=tmp_path)
+    shutil.rmtree(sockets, ignore_errors=True)
