@@ -27,7 +27,8 @@ def read_token(path: str) -> str:
     return token
 
 
-def _loopback(request: web.Request) -> bool:
+def loopback(request: web.Request) -> bool:
+    """Whether the client is on this machine (loopback address, or a unix socket)."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
     if not peer:  # a unix socket: only this machine can reach it
         return True
@@ -48,7 +49,7 @@ def middleware(tokens: Callable[[], list[str]]) -> Middleware:
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
             return await handler(request)
-        if _loopback(request):
+        if loopback(request):
             return await handler(request)
         header = request.headers.get("Authorization")
         scheme, _, given = (header or "").partition(" ")

@@ -183,6 +183,30 @@ def render_status(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def render_generations(doc: dict[str, Any]) -> str:
+    """The NixOS generations with the gate's verdicts."""
+    gate, gens = doc["gate"], doc.get("generation")
+    head = f"gate: {gate['status']}" + (f" ({gate['detail']})" if gate["detail"] else "")
+    if not gens:
+        return f"{head}\nno generations: {doc['generation_reason']}"
+    rows = [("GENERATION", "CREATED", "STATUS")]
+    for g in reversed(gens["profiles"]):
+        flags = [
+            f
+            for f, on in (
+                ("current", g["current"]),
+                ("booted", g["booted"]),
+                ("confirmed", g["number"] in gate["confirmed"]),
+                ("bad", g["number"] in gate["bad"]),
+            )
+            if on
+        ]
+        rows.append((str(g["number"]), g["created"][:19].replace("T", " "), " ".join(flags) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join([head, *lines])
+
+
 def render_units(units: list[dict[str, Any]]) -> str:
     """The sleepable units as a table."""
     if not units:
@@ -231,6 +255,54 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generations(args: argparse.Namespace) -> int:
+    """Fetch a node's /status and print its generations."""
+    doc = _fetch_status(args)
+    if doc is None:
+        return EXIT_UNREACHABLE
+    print(json.dumps(doc["gate"], indent=2) if args.json else render_generations(doc))
+    return 0
+
+
+def _post(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
+    url = args.url.rstrip("/") + path
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            print(json.dumps(json.load(resp)))
+            return 0
+    except urllib.error.HTTPError as err:
+        message = json.load(err).get("error", {}).get("message", err.reason)
+        print(f"cairn {args.command}: {message}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        print(f"cairn {args.command}: cannot reach {url}: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    """Confirm the running generation."""
+    return _post(args, "/generations/confirm", {})
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Roll back to generation N (default: the newest confirmed one)."""
+    return _post(args, "/generations/rollback", {"to": args.generation})
+
+
+def cmd_rollback_helper(args: argparse.Namespace) -> int:
+    """The privileged helper: carry out the rollback the supervisor asked for."""
+    from cairn import logs, rollback
+    from cairn.state import StateFile
+
+    cfg = config.load(args.config)
+    logs.setup(cfg.log.level)
+    state_dir = Path(args.state_dir or cfg.node.state_dir)
+    return rollback.run(StateFile(state_dir / "state.json"), Path(cfg.probe.nix_profiles))
+
+
 def cmd_units(args: argparse.Namespace) -> int:
     """Fetch a node's /status and print its sleepable units."""
     doc = _fetch_status(args)
@@ -275,11 +347,39 @@ def parser() -> argparse.ArgumentParser:
         help="list the sleepable units",
         description="Print a running node's sleepable units: state, idleness, sleeps, wakes.",
     )
-    for p_ in (st, un):
+    gens = sub.add_parser(
+        "generations",
+        help="list the NixOS generations and the gate's verdicts",
+        description="Print the node's generations: current, booted, confirmed, bad.",
+    )
+    conf = sub.add_parser(
+        "confirm",
+        help="confirm the running generation",
+        description="Confirm the running generation now (it will never be rolled back).",
+    )
+    rb = sub.add_parser(
+        "rollback",
+        help="roll back to a generation",
+        description="Switch back to generation N, default the newest confirmed one.",
+    )
+    rb.add_argument("generation", nargs="?", type=int, metavar="N")
+    for p_ in (st, un, gens, conf, rb):
         p_.add_argument("--url", default=DEFAULT_URL, help=f"node address (default {DEFAULT_URL})")
         p_.add_argument("--json", action="store_true", help="print the raw JSON")
         p_.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
     st.set_defaults(func=cmd_status)
+    gens.set_defaults(func=cmd_generations)
+    conf.set_defaults(func=cmd_confirm)
+    rb.set_defaults(func=cmd_rollback)
+    helper = sub.add_parser(
+        "rollback-helper",
+        help="(root) carry out a requested rollback; run by cairn-rollback.service",
+        description="Switch to the generation the supervisor asked for, if it exists and is"
+        " not marked bad.",
+    )
+    helper.add_argument("--config", metavar="FILE", required=True)
+    helper.add_argument("--state-dir", metavar="DIR", help="default: node.state_dir")
+    helper.set_defaults(func=cmd_rollback_helper)
     un.set_defaults(func=cmd_units)
 
     cfg = sub.add_parser(

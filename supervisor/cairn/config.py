@@ -258,6 +258,18 @@ class SleepConfig(_Section, frozen=True):
     ] = 1.0
 
 
+class HealConfig(_Section, frozen=True):
+    """Self-healing: the generation gate (confirm or roll back) and its critical checks."""
+
+    confirm_window: Annotated[
+        float,
+        msgspec.Meta(gt=0, description="seconds a new generation has to pass the critical checks"),
+    ] = 120.0
+    critical_units: list[UnitName] = msgspec.field(default_factory=list)  # must be active
+    probe_models: bool = True  # each model must answer a one-token probe in the window
+    rollback_unit: UnitName = "cairn-rollback.service"  # the privileged helper
+
+
 class PowerConfig(_Section, frozen=True):
     """Suspend this node while the cluster does not need it; peers wake it with Wake-on-LAN."""
 
@@ -299,6 +311,7 @@ class Config(_Section, frozen=True):
     gossip: GossipConfig | None = None
     sleep: SleepConfig = msgspec.field(default_factory=SleepConfig)
     power: PowerConfig = msgspec.field(default_factory=PowerConfig)
+    heal: HealConfig = msgspec.field(default_factory=HealConfig)
 
     def model(self, name: str) -> ModelConfig | None:
         """The model of that name, if configured."""

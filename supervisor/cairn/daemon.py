@@ -19,6 +19,7 @@ from cairn.background import run_in_daemon_thread
 from cairn.components import Components, State
 from cairn.config import Config, WorkerManager
 from cairn.errors import CairnError
+from cairn.gate import Gate, GateError
 from cairn.generations import Generations
 from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.digest import encode as encode_digest
@@ -29,6 +30,7 @@ from cairn.power import SUSPENDED, mac_of, may_suspend
 from cairn.probe import Probe, Snapshot
 from cairn.sdnotify import Notifier
 from cairn.sleep import Kind, Phase, Sleepable, Sleeper
+from cairn.state import StateFile
 from cairn.status.app import create_app
 from cairn.units import SystemdUnits, UnitError
 
@@ -39,6 +41,7 @@ SHUTDOWN_GRACE_S = 3.0  # in-flight HTTP requests get this long; the whole stop 
 DIGEST_EVERY_S = 1.0  # a changed digest goes out within this; an unchanged one is refreshed
 DIGEST_REFRESH_S = 30.0
 FIRST_PROBE_MAX_S = 1.0  # the first round comes soon, whatever the interval: readiness waits on it
+GATE_EVERY_S = 2.0  # how often the generation gate looks (a switch is seen within this)
 POWER_EVERY_S = 10.0  # how often an idle node asks whether it may suspend
 MODEL_WATCH_S = 1.0  # worker states change on notify; this only refreshes /health and readiness
 
@@ -60,10 +63,18 @@ class Supervisor:
             config.inference.workers is WorkerManager.SYSTEMD
             or config.sleep.services
             or config.power.enable
+            or config.heal.critical_units
         )
         self.systemd = SystemdUnits() if systemd else None
         self.inference = Inference(config, self.state_dir / "run", self.systemd)
         self.sleeper = self._sleeper()
+        self.gate = Gate(
+            StateFile(self.state_dir / "state.json"),
+            config.heal.confirm_window,
+            self.probe.generation,
+            self.critical_failing,
+            self._start_rollback,
+        )
         self.power = "on"  # "suspended" while this node leaves the cluster to suspend
         self.mac = config.power.mac
         # Reads the key file: a missing or bad one stops the start here, with its reason.
@@ -192,6 +203,34 @@ class Supervisor:
             self.cluster.publish(new)
             self._digest_sent = (new, now)
 
+    async def critical_failing(self) -> list[str]:
+        """The critical checks that fail now: what keeps a new generation from confirmation."""
+        failing = []
+        for unit in self.config.heal.critical_units:
+            assert self.systemd is not None
+            try:
+                st = await self.systemd.state(unit)
+            except UnitError as err:
+                failing.append(str(err))
+                continue
+            asleep_ok = unit in self.sleeper.units and st.active == "inactive"
+            if st.active != "active" and not asleep_ok:
+                failing.append(f"{unit} is {st.active}")
+        if self.config.heal.probe_models:
+            for name in self.inference.models:
+                if why := await self.inference.probe(name):
+                    failing.append(f"model {name}: {why}")
+        if self.cluster is not None and self.cluster.cfg.join:
+            member = self.cluster.member
+            if member is None or member.live_count() < 2:
+                failing.append("no peer reachable")
+        return failing
+
+    async def _start_rollback(self) -> None:
+        if self.systemd is None:
+            raise GateError("rollback needs systemd (this node runs standalone)")
+        await self.systemd.start(self.config.heal.rollback_unit)
+
     async def power_tick(self) -> None:
         """Suspend when the cluster can do without this node; rejoin when it wakes."""
         assert self.cluster is not None and self.cluster.member is not None
@@ -283,6 +322,14 @@ class Supervisor:
                     max_instances=1,
                     coalesce=True,
                 )
+            scheduler.add_job(
+                self.gate.tick,
+                "interval",
+                seconds=GATE_EVERY_S,
+                id="gate",
+                max_instances=1,
+                coalesce=True,
+            )
             first = min(self.config.probe.interval, FIRST_PROBE_MAX_S)
             scheduler.add_job(
                 self.probe_once,

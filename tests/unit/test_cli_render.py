@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import msgspec
 
-from cairn.cli import render_status, render_units
+from cairn.cli import render_generations, render_status, render_units
 from cairn.components import State, Status
+from cairn.gate import GateView
 from cairn.generations import Generation, Generations
 from cairn.gpu import Gpu
 from cairn.identity import Identity
 from cairn.probe import Cpu, Disk, Memory, Snapshot, Temperature
 from cairn.sleep import Kind, Phase, UnitView
+from cairn.state import Window
 from cairn.status.document import StatusDocument
 
 GIB = 1 << 30
@@ -56,6 +58,15 @@ def document() -> dict:
         generation_reason="",
         models={},
         cluster=None,
+        gate=GateView(
+            42,
+            "confirming",
+            "80 s left; failing: worker.service is failed",
+            [41],
+            [40],
+            Window(42, 0.0, 120.0),
+            None,
+        ),
         sleep=[
             UnitView(
                 "cairn-model@demo.service",
@@ -146,3 +157,11 @@ def test_renders_the_sleepable_units() -> None:
         "-",
     ]
     assert render_units([]) == "no sleepable units"
+
+
+def test_renders_the_generations_with_the_gates_verdicts() -> None:
+    lines = render_generations(document()).splitlines()
+    assert lines[0] == "gate: confirming (80 s left; failing: worker.service is failed)"
+    assert lines[1].split() == ["GENERATION", "CREATED", "STATUS"]
+    assert lines[2].split() == ["42", "2026-11-21", "10:00:00", "current"]
+    assert lines[3].split() == ["41", "2026-11-20", "10:00:00", "booted", "confirmed"]

@@ -100,6 +100,7 @@ def test_schema_describes_every_section_and_rejects_extras() -> None:
         "gossip",
         "sleep",
         "power",
+        "heal",
     }
     assert root["required"] == ["version"]
     assert root["additionalProperties"] is False

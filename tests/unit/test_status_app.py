@@ -17,11 +17,13 @@ from aiohttp.test_utils import TestClient
 from cairn import config, generations, probe
 from cairn.components import State, Status
 from cairn.daemon import Supervisor
+from cairn.gate import GateView
 from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.service import MemberView
 from cairn.gpu import Gpu
 from cairn.identity import Identity
 from cairn.sleep import UnitView
+from cairn.state import Rollback, Window
 from cairn.status.app import create_app
 from cairn.status.document import StatusDocument
 from tests.conftest import free_port
@@ -112,6 +114,9 @@ OPENAPI = json.loads(resources.files("cairn.status").joinpath("openapi.json").re
         ("NodeDigest", NodeDigest),
         ("ModelDigest", ModelDigest),
         ("SleepableUnit", UnitView),
+        ("Gate", GateView),
+        ("ConfirmWindow", Window),
+        ("Rollback", Rollback),
     ],
 )
 def test_openapi_schema_lists_exactly_the_struct_fields(

@@ -14,7 +14,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from cairn.config import Config, ModelConfig, WorkerManager
+from cairn.config import Config, ModelConfig, ModelKind, WorkerManager
 from cairn.inference import openai
 from cairn.inference.children import ChildUnits, ChildWorker
 from cairn.sleep import Phase, Sleepable, Sleeper
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 30.0  # a one-token answer, once the worker is up
 PEER_CONNECT_TIMEOUT_S = 3.0
 PASS_HEADERS = ("Content-Type", "Retry-After", "Cache-Control")
 _STARTED = "cairn_response"  # request key: the response once its headers went out
@@ -284,8 +285,7 @@ class Inference:
         child = model.child
         if child is not None and child.state == "failed":  # in its restart backoff: say why now
             return _unavailable(model.cfg.name, child.reason or child.state)
-        ready = child.state == "ready" if child else model.phase in (Phase.AWAKE, Phase.UNKNOWN)
-        if ready:
+        if _ready(model):
             return await self._forward(request, model, body)
         resp = None
         keepalive = None
@@ -321,6 +321,32 @@ class Inference:
         except UnitError as err:
             return str(err)
         return ""
+
+    async def probe(self, name: str) -> str:
+        """'' when the model answers a one-token request (woken if it sleeps), else why not."""
+        model = self.models[name]
+        if self.sleeper is not None:
+            self.sleeper.begin(model.unit)
+        try:
+            if model.child is not None and model.child.state == "failed":
+                return model.child.reason or "failed"
+            if not _ready(model) and (why := await self._wake(model)):
+                return why
+            doc: dict[str, str | int]
+            if model.cfg.kind is ModelKind.ONNX or model.cfg.embedding:
+                path, doc = "/v1/embeddings", {"model": name, "input": "probe"}
+            else:
+                path, doc = "/v1/completions", {"model": name, "prompt": "probe", "max_tokens": 1}
+            timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+            async with model.session.post(f"http://worker{path}", json=doc, timeout=timeout) as r:
+                if r.status != 200:
+                    return f"the probe got {r.status}: {(await r.text())[:200]}"
+            return ""
+        except (aiohttp.ClientError, TimeoutError) as err:
+            return f"the probe failed: {err or type(err).__name__}"
+        finally:
+            if self.sleeper is not None:
+                self.sleeper.end(model.unit)
 
     async def _keepalive(self, resp: web.StreamResponse, name: str) -> None:
         """SSE comment lines (ignored by clients) while the worker wakes."""
@@ -414,6 +440,13 @@ class Inference:
         app.router.add_get("/v1/models", self.list_models)
         for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
             app.router.add_post(path, self.proxy)
+
+
+def _ready(model: Model) -> bool:
+    """Whether the worker can take a request now (else it has to be woken, or waited for)."""
+    if model.child is not None:
+        return model.child.state == "ready"
+    return model.phase in (Phase.AWAKE, Phase.UNKNOWN)
 
 
 def _unavailable(name: str, why: str) -> web.Response:

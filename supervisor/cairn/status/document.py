@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from cairn.components import Status
+from cairn.gate import GateView
 from cairn.generations import Generations
 from cairn.gossip.service import MemberView
 from cairn.identity import Identity
@@ -33,6 +34,7 @@ class StatusDocument(msgspec.Struct, frozen=True):
     models: dict[str, dict[str, Any]]
     cluster: list[MemberView] | None
     sleep: list[UnitView]
+    gate: GateView
 
 
 def build(sup: Supervisor) -> StatusDocument:
@@ -51,4 +53,5 @@ def build(sup: Supervisor) -> StatusDocument:
         models=sup.inference.status(),
         cluster=sup.cluster.status() if sup.cluster else None,
         sleep=sup.sleeper.status(),
+        gate=sup.gate.view(),
     )

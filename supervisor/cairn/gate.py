@@ -1,0 +1,223 @@
+"""The generation gate: a new NixOS generation stays only if the node is healthy on it.
+
+When the current system becomes a generation not yet confirmed, a confirm window opens. The
+critical checks passing within it confirm the generation (remembered); the window running out
+marks it bad and asks the privileged helper (`cairn-rollback.service`) to switch back to the
+newest confirmed generation. Every decision is saved before it is acted on, so a supervisor
+killed at any moment takes up the same decision after its restart: a confirmed generation is
+never rolled back, a generation is rolled back at most once, and a rollback target is always
+a confirmed generation, so the gate cannot loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from cairn.errors import CairnError
+from cairn.generations import Generations
+from cairn.state import Rollback, State, StateFile, Window
+
+log = logging.getLogger(__name__)
+
+RETRY_ROLLBACK_S = 60.0  # a requested rollback that has not happened yet is asked again after
+
+
+class GateError(CairnError):
+    """A manual confirm or rollback that cannot be done; the message says why."""
+
+
+class GateView(msgspec.Struct, frozen=True):
+    """The gate in /status."""
+
+    current: int | None  # the generation /run/current-system is, when it is one
+    status: str  # confirmed, confirming, bad, rolling back, unavailable, ...
+    detail: str
+    confirmed: list[int]
+    bad: list[int]
+    window: Window | None
+    rollback: Rollback | None
+
+
+def current_generation(gens: Generations) -> int | None:
+    """The generation whose system is running: the selected one if it is, else the newest."""
+    same = [g for g in gens.profiles if g.path == gens.current]
+    selected = [g.number for g in same if g.current]
+    return selected[0] if selected else max((g.number for g in same), default=None)
+
+
+class Gate:
+    """Confirms healthy generations and rolls back the others, once."""
+
+    def __init__(
+        self,
+        state_file: StateFile,
+        window_s: float,
+        read: Callable[[], tuple[Generations | None, str]],
+        failing: Callable[[], Awaitable[list[str]]],
+        rollback: Callable[[], Awaitable[None]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.file = state_file
+        self.state: State = state_file.load()
+        self.window_s = window_s
+        self.read = read
+        self.failing = failing
+        self.rollback = rollback
+        self.clock = clock
+        self.current: int | None = None
+        self.numbers: set[int] = set()
+        self.status, self.detail = "unavailable", "not read yet"
+        self._lock = asyncio.Lock()
+
+    def view(self) -> GateView:
+        """The gate as /status shows it."""
+        st = self.state
+        return GateView(
+            self.current,
+            self.status,
+            self.detail,
+            sorted(st.confirmed),
+            sorted(st.bad),
+            st.window,
+            st.rollback,
+        )
+
+    def _save(self) -> None:
+        self.file.save(self.state)
+
+    async def _read(self) -> int | None:
+        gens, why = await asyncio.to_thread(self.read)
+        if gens is None:
+            self.status, self.detail, self.current = "unavailable", why, None
+            return None
+        self.numbers = {g.number for g in gens.profiles}
+        self.current = current_generation(gens)
+        if self.current is None:
+            self.status, self.detail = "unavailable", "the running system is no profile generation"
+        return self.current
+
+    async def tick(self) -> None:
+        """One look: confirm, keep waiting, or roll back."""
+        async with self._lock:
+            await self._tick()
+
+    async def _tick(self) -> None:
+        cur = await self._read()
+        if cur is None:
+            return
+        st, now = self.state, self.clock()
+        if st.rollback is not None:
+            if cur == st.rollback.source:
+                self.status, self.detail = "rolling back", f"to generation {st.rollback.target}"
+                if now - st.rollback.requested >= RETRY_ROLLBACK_S:  # the helper never ran
+                    st.rollback = msgspec.structs.replace(st.rollback, requested=now)
+                    self._save()
+                    await self._ask_helper()
+                return
+            if cur == st.rollback.target:
+                log.warning("rolled back from generation %d to %d", st.rollback.source, cur)
+            st.rollback = None  # done, or someone switched elsewhere meanwhile
+            self._save()
+        if cur in st.confirmed:
+            if st.window is not None:
+                st.window = None
+                self._save()
+            self.status, self.detail = "confirmed", ""
+            return
+        if cur in st.bad:  # switched to by hand, or the rollback failed: never roll back twice
+            self.status, self.detail = "bad", "this generation failed its confirm window before"
+            return
+        if st.window is None or st.window.generation != cur:
+            st.window = Window(cur, now, now + self.window_s)
+            self._save()
+            log.info("generation %d is new: confirm window of %.0f s", cur, self.window_s)
+        failing = await self.failing()
+        if not failing:
+            st.confirmed.append(cur)
+            st.window = None
+            self._save()
+            self.status, self.detail = "confirmed", ""
+            log.info("generation %d confirmed: every critical check passes", cur)
+            return
+        left = st.window.deadline - now
+        self.status, self.detail = "confirming", f"{left:.0f} s left; failing: {', '.join(failing)}"
+        if left > 0:
+            return
+        target = self._target(cur)
+        st.bad.append(cur)
+        st.window = None
+        if target is None:
+            self._save()
+            self.status = "bad"
+            self.detail = "failed its confirm window; no confirmed generation to roll back to"
+            log.error("generation %d failed (%s); nothing confirmed to roll back to", cur, failing)
+            return
+        st.rollback = Rollback(cur, target, now)
+        self._save()
+        self.status, self.detail = "rolling back", f"to generation {target}"
+        log.error(
+            "generation %d failed its confirm window (%s): rolling back to %d",
+            cur,
+            "; ".join(failing),
+            target,
+        )
+        await self._ask_helper()
+
+    def _target(self, cur: int) -> int | None:
+        """The newest confirmed generation that still exists, other than `cur`."""
+        ok = [g for g in self.state.confirmed if g in self.numbers and g != cur]
+        return max((g for g in ok if g not in self.state.bad), default=None)
+
+    async def _ask_helper(self) -> None:
+        try:
+            await self.rollback()
+        except CairnError as err:  # the helper refused or failed: its journal says why
+            log.error("rollback helper failed: %s", err)
+            self.detail = f"rollback helper failed: {err}"
+
+    # --- by hand ---------------------------------------------------------------------------
+
+    async def confirm(self) -> int:
+        """Confirm the running generation now; returns its number."""
+        async with self._lock:
+            cur = await self._read()
+            if cur is None:
+                raise GateError(f"no generation to confirm: {self.detail}")
+            st = self.state
+            if cur not in st.confirmed:
+                st.confirmed.append(cur)
+            if cur in st.bad:
+                st.bad.remove(cur)
+            st.window = None
+            self._save()
+            self.status, self.detail = "confirmed", "by hand"
+            log.info("generation %d confirmed by hand", cur)
+            return cur
+
+    async def roll_back(self, target: int | None) -> int:
+        """Ask the helper to switch to `target` (default: the newest confirmed); returns it."""
+        async with self._lock:
+            cur = await self._read()
+            if cur is None:
+                raise GateError(f"cannot roll back: {self.detail}")
+            target = self._target(cur) if target is None else target
+            if target is None:
+                raise GateError("no confirmed generation to roll back to")
+            if target == cur:
+                raise GateError(f"generation {target} is the one running")
+            if target not in self.numbers:
+                raise GateError(f"generation {target} does not exist")
+            if target in self.state.bad:
+                raise GateError(f"generation {target} is marked bad")
+            self.state.rollback = Rollback(cur, target, self.clock(), manual=True)
+            self.state.window = None
+            self._save()
+            log.warning("rollback from generation %d to %d asked by hand", cur, target)
+            self.status, self.detail = "rolling back", f"to generation {target}"
+        await self._ask_helper()
+        return target

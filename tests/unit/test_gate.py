@@ -1,0 +1,209 @@
+"""The generation gate and the rollback helper on an emulated NixOS profile layout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cairn import generations, rollback
+from cairn.gate import Gate, GateError
+from cairn.state import Rollback, State, StateFile
+
+WINDOW = 100.0
+
+
+class Layout:
+    """/nix/var/nix/profiles and /run as NixOS lays them out, in a temporary directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.profiles = root / "profiles"
+        self.run = root / "run"
+        self.profiles.mkdir()
+        self.run.mkdir()
+
+    def add(self, n: int) -> None:
+        system = self.root / "store" / f"system-{n}"
+        (system / "bin").mkdir(parents=True)
+        switch = system / "bin" / "switch-to-configuration"
+        # What the helper's switch does here: make this generation the running one.
+        switch.write_text(
+            f"#!/bin/sh\nln -sfn {system} {self.run}/current-system\n"
+            f"echo {n} >> {self.root}/switches\n"
+        )
+        switch.chmod(0o755)
+        (self.profiles / f"system-{n}-link").symlink_to(system)
+
+    def switch(self, n: int) -> None:
+        """nixos-rebuild switch: select the profile, then run its switch."""
+        tmp = self.profiles / "tmp"
+        tmp.symlink_to(f"system-{n}-link")
+        tmp.replace(self.profiles / "system")
+        switch = self.profiles / "system" / "bin" / "switch-to-configuration"
+        subprocess.run([str(switch), "switch"], check=True)
+
+    def read(self) -> tuple[generations.Generations | None, str]:
+        return generations.read(self.profiles, self.run)
+
+    def switches(self) -> list[int]:
+        f = self.root / "switches"
+        return [int(x) for x in f.read_text().split()] if f.exists() else []
+
+
+class World:
+    """A gate over a layout, with the clock, the checks and the helper in the test's hands."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.layout = Layout(tmp)
+        self.file = StateFile(tmp / "state" / "state.json")
+        self.now = 1000.0
+        self.failing: list[str] = []
+        self.helper_runs = 0
+
+    def gate(self) -> Gate:
+        """A fresh gate from the state on disk: what a restarted supervisor builds."""
+
+        async def failing() -> list[str]:
+            return list(self.failing)
+
+        async def helper() -> None:
+            self.helper_runs += 1
+            rollback.run(self.file, self.layout.profiles)
+
+        return Gate(self.file, WINDOW, self.layout.read, failing, helper, lambda: self.now)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    w = World(tmp_path)
+    for n in (1, 2, 3):
+        w.layout.add(n)
+    w.layout.switch(1)
+    return w
+
+
+async def test_a_healthy_generation_is_confirmed_and_stays(world: World) -> None:
+    gate = world.gate()
+    await gate.tick()
+    assert gate.view().confirmed == [1] and gate.status == "confirmed"
+    world.layout.switch(2)
+    world.failing = ["worker.service is activating"]
+    await gate.tick()
+    assert gate.status == "confirming" and gate.state.window is not None
+    world.now += WINDOW / 2
+    world.failing = []
+    await gate.tick()
+    assert gate.view().confirmed == [1, 2] and world.helper_runs == 0
+    world.failing = ["anything"]  # a confirmed generation is never rolled back
+    world.now += 10 * WINDOW
+    await gate.tick()
+    assert world.helper_runs == 0 and gate.status == "confirmed"
+
+
+async def test_a_failing_generation_is_rolled_back_once(world: World) -> None:
+    gate = world.gate()
+    await gate.tick()
+    world.layout.switch(2)
+    world.failing = ["worker.service is failed"]
+    await gate.tick()
+    world.now += WINDOW - 1
+    await gate.tick()
+    assert world.helper_runs == 0  # still inside the window
+    world.now += 1
+    await gate.tick()
+    assert world.helper_runs == 1
+    assert world.layout.switches() == [1, 2, 1]
+    assert gate.view().bad == [2]
+    await gate.tick()  # back on 1, which is confirmed: done
+    assert gate.status == "confirmed" and gate.state.rollback is None
+    world.layout.switch(2)  # someone switches to the bad one again: no second rollback
+    world.now += 10 * WINDOW
+    await gate.tick()
+    assert world.helper_runs == 1 and gate.status == "bad"
+
+
+async def test_a_restart_in_the_window_keeps_its_deadline(world: World) -> None:
+    await world.gate().tick()
+    world.layout.switch(2)
+    world.failing = ["worker.service is failed"]
+    await world.gate().tick()  # the window opens
+    world.now += WINDOW / 2
+    await world.gate().tick()  # a restarted supervisor: same window, nothing yet
+    assert world.helper_runs == 0
+    world.now += WINDOW / 2
+    await world.gate().tick()
+    await world.gate().tick()
+    assert world.helper_runs == 1 and world.layout.switches() == [1, 2, 1]
+
+
+async def test_a_restart_after_the_decision_asks_the_helper_again_not_twice(
+    world: World,
+) -> None:
+    await world.gate().tick()
+    world.layout.switch(2)
+    # The supervisor saved its decision, then died before the helper ran.
+    st = world.file.load()
+    world.file.save(State(confirmed=st.confirmed, bad=[2], rollback=Rollback(2, 1, world.now)))
+    gate = world.gate()
+    await gate.tick()
+    assert world.helper_runs == 0 and gate.status == "rolling back"  # asked only just now
+    world.now += 61
+    await gate.tick()
+    assert world.helper_runs == 1 and world.layout.switches() == [1, 2, 1]
+    await gate.tick()
+    assert gate.status == "confirmed" and world.helper_runs == 1
+
+
+async def test_nothing_confirmed_means_no_rollback(world: World) -> None:
+    world.failing = ["no peer reachable"]
+    gate = world.gate()
+    await gate.tick()
+    world.now += WINDOW
+    await gate.tick()
+    assert world.helper_runs == 0 and gate.status == "bad"
+    assert "nothing" in gate.detail or "no confirmed" in gate.detail
+
+
+async def test_manual_confirm_and_rollback(world: World) -> None:
+    gate = world.gate()
+    await gate.tick()
+    world.layout.switch(3)
+    world.failing = ["slow"]
+    await gate.tick()
+    assert await gate.confirm() == 3 and gate.view().confirmed == [1, 3]
+    with pytest.raises(GateError, match="is the one running"):
+        await gate.roll_back(3)
+    with pytest.raises(GateError, match="does not exist"):
+        await gate.roll_back(9)
+    assert await gate.roll_back(None) == 1
+    assert world.layout.switches()[-1] == 1
+
+
+def test_the_helper_refuses_what_is_not_an_existing_good_generation(world: World) -> None:
+    file, profiles = world.file, world.layout.profiles
+    with pytest.raises(rollback.Refused, match="no rollback is requested"):
+        rollback.target(file, profiles)
+    file.save(State(rollback=Rollback(3, 7, 0.0)))
+    with pytest.raises(rollback.Refused, match="not an existing system generation"):
+        rollback.target(file, profiles)
+    assert rollback.run(file, profiles) == 1
+    file.save(State(bad=[2], rollback=Rollback(3, 2, 0.0)))
+    with pytest.raises(rollback.Refused, match="marked bad"):
+        rollback.target(file, profiles)
+    assert rollback.run(file, profiles) == 1
+    assert world.layout.switches() == [1]  # nothing was switched
+    assert os.readlink(profiles / "system") == "system-1-link"
+
+
+def test_the_state_file_is_replaced_whole_and_a_damaged_one_set_aside(tmp_path: Path) -> None:
+    f = StateFile(tmp_path / "state.json")
+    assert f.load() == State()
+    f.save(State(confirmed=[4], bad=[5]))
+    assert f.load() == State(confirmed=[4], bad=[5])
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left behind
+    (tmp_path / "state.json").write_text("{not json")
+    assert f.load() == State()
+    assert (tmp_path / "state.damaged").read_text() == "{not json"
