@@ -153,6 +153,7 @@
           vm-netboot = import ./tests/nixos/netboot.nix testArgs;
           vm-inference = import ./tests/nixos/inference.nix testArgs;
           vm-cluster = import ./tests/nixos/cluster.nix testArgs;
+          vm-rollback = import ./tests/nixos/rollback.nix testArgs;
         };
 
       formatter.${system} = pkgs.nixfmt;

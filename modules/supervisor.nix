@@ -224,6 +224,28 @@ in
       '';
     };
 
+    heal = {
+      confirmWindow = mkOption {
+        type = types.ints.positive;
+        default = 120;
+        example = 300;
+        description = ''
+          Seconds a newly activated generation has to pass every critical check (the
+          {option}`services.cairn.heal.criticalUnits` active, each model answering a probe,
+          a peer reachable when gossip joins any). Passing confirms it for good; running out
+          rolls the system back to the newest confirmed generation through
+          `cairn-rollback.service`, once, and marks the failed one bad.
+        '';
+      };
+
+      criticalUnits = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "nginx.service" ];
+        description = "Units that must be active for a new generation to be confirmed.";
+      };
+    };
+
     sleepable = mkOption {
       type = types.attrsOf (
         types.submodule (
@@ -355,6 +377,12 @@ in
           inherit (svc) socket ttl;
         }) cfg.sleepable;
       })
+      {
+        heal = {
+          confirm_window = cfg.heal.confirmWindow;
+          critical_units = cfg.heal.criticalUnits;
+        };
+      }
     ];
 
     users.users.${cfg.user} = {
@@ -374,6 +402,29 @@ in
 
     security.polkit.enable = true;
     security.polkit.extraConfig = polkitRule;
+
+    # The only privileged piece: switches to the generation the supervisor asked for (in its
+    # state file), after checking it is an existing system generation not marked bad. Started
+    # by the supervisor over D-Bus (the polkit rule allows it that one verb on this one unit).
+    systemd.services.cairn-rollback = {
+      description = "Cairn rollback to the last confirmed NixOS generation";
+      # A switch must not start or restart it: it runs only when the supervisor asks.
+      restartIfChanged = false;
+      stopIfChanged = false;
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${lib.getExe cfg.package} rollback-helper --config ${configFile} --state-dir /var/lib/cairn";
+        # A whole switch-to-configuration runs inside: activation writes /etc, /boot, /var and
+        # the profiles, manages users, sets the hostname and talks to PID 1. So it keeps root,
+        # the host's file systems, devices and namespaces; only what a switch never needs is cut.
+        LockPersonality = true;
+        RestrictRealtime = true;
+        ProtectClock = true;
+        ProtectKernelLogs = true;
+        SystemCallArchitectures = "native";
+        TimeoutStartSec = "15min";
+      };
+    };
 
     systemd.services.cairn = {
       description = "Cairn supervisor";
