@@ -7,8 +7,10 @@ import json
 import logging
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +209,20 @@ def render_generations(doc: dict[str, Any]) -> str:
     return "\n".join([head, *lines])
 
 
+def render_incidents(incidents: list[dict[str, Any]]) -> str:
+    """Open incidents (with their fix attempts), then recently closed ones."""
+    if not incidents:
+        return "no incidents"
+    out = []
+    for i in incidents:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i["since"]))
+        state = "OPEN" if i["closed"] is None else "closed"
+        out.append(f"{i['id']}  {state}  since {since}  {i['subject']}: {i['detail']}")
+        if i["closed"] is None:
+            out += [f"    {fix}" for fix in i["fixes"]]
+    return "\n".join(out)
+
+
 def render_units(units: list[dict[str, Any]]) -> str:
     """The sleepable units as a table."""
     if not units:
@@ -246,22 +262,34 @@ def _fetch_status(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """Fetch and print a node's /status."""
+def _show(
+    args: argparse.Namespace,
+    pick: Callable[[dict[str, Any]], Any],
+    render: Callable[[Any], str],
+) -> int:
+    """Fetch a node's /status; print the part `pick` takes, as JSON or as `render` says."""
     doc = _fetch_status(args)
     if doc is None:
         return EXIT_UNREACHABLE
-    print(json.dumps(doc, indent=2) if args.json else render_status(doc))
+    part = pick(doc)
+    print(json.dumps(part, indent=2) if args.json else render(part))
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print a node's /status."""
+    return _show(args, lambda d: d, render_status)
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    """Print a node's incidents."""
+    return _show(args, lambda d: d.get("incidents", []), render_incidents)
 
 
 def cmd_generations(args: argparse.Namespace) -> int:
-    """Fetch a node's /status and print its generations."""
-    doc = _fetch_status(args)
-    if doc is None:
-        return EXIT_UNREACHABLE
-    print(json.dumps(doc["gate"], indent=2) if args.json else render_generations(doc))
-    return 0
+    """Print a node's generations and the gate's verdicts."""
+    keys = ("gate", "generation", "generation_reason")
+    return _show(args, lambda d: {k: d.get(k) for k in keys}, render_generations)
 
 
 def _post(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
@@ -304,13 +332,8 @@ def cmd_rollback_helper(args: argparse.Namespace) -> int:
 
 
 def cmd_units(args: argparse.Namespace) -> int:
-    """Fetch a node's /status and print its sleepable units."""
-    doc = _fetch_status(args)
-    if doc is None:
-        return EXIT_UNREACHABLE
-    units = doc.get("sleep", [])
-    print(json.dumps(units, indent=2) if args.json else render_units(units))
-    return 0
+    """Print a node's sleepable units."""
+    return _show(args, lambda d: d.get("sleep", []), render_units)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -352,6 +375,11 @@ def parser() -> argparse.ArgumentParser:
         help="list the NixOS generations and the gate's verdicts",
         description="Print the node's generations: current, booted, confirmed, bad.",
     )
+    inc = sub.add_parser(
+        "incidents",
+        help="list open and recent incidents",
+        description="Print the node's open incidents with their fix attempts, then closed ones.",
+    )
     conf = sub.add_parser(
         "confirm",
         help="confirm the running generation",
@@ -363,12 +391,13 @@ def parser() -> argparse.ArgumentParser:
         description="Switch back to generation N, default the newest confirmed one.",
     )
     rb.add_argument("generation", nargs="?", type=int, metavar="N")
-    for p_ in (st, un, gens, conf, rb):
+    for p_ in (st, un, gens, inc, conf, rb):
         p_.add_argument("--url", default=DEFAULT_URL, help=f"node address (default {DEFAULT_URL})")
         p_.add_argument("--json", action="store_true", help="print the raw JSON")
         p_.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
     st.set_defaults(func=cmd_status)
     gens.set_defaults(func=cmd_generations)
+    inc.set_defaults(func=cmd_incidents)
     conf.set_defaults(func=cmd_confirm)
     rb.set_defaults(func=cmd_rollback)
     helper = sub.add_parser(

@@ -268,6 +268,30 @@ class HealConfig(_Section, frozen=True):
     critical_units: list[UnitName] = msgspec.field(default_factory=list)  # must be active
     probe_models: bool = True  # each model must answer a one-token probe in the window
     rollback_unit: UnitName = "cairn-rollback.service"  # the privileged helper
+    interval: Annotated[
+        float, msgspec.Meta(gt=0, le=600, description="seconds between rounds of checks")
+    ] = 10.0
+    restart_backoff_max: Annotated[
+        float, msgspec.Meta(gt=0, description="longest wait between two restarts, seconds")
+    ] = 60.0
+    reset_cooldown: Annotated[
+        float,
+        msgspec.Meta(ge=0, description="seconds after systemd's start limit before reset-failed"),
+    ] = 60.0
+    resets_per_hour: Annotated[
+        int, msgspec.Meta(ge=0, le=100, description="reset-failed tries an hour, then give up")
+    ] = 3
+    disk_min_free: Annotated[
+        float, msgspec.Meta(ge=0, le=1, description="free share of the state dir's disk")
+    ] = 0.05
+    memory_min_mb: Annotated[int, msgspec.Meta(ge=0)] = 256  # available memory below: incident
+    gpu_warn_celsius: Annotated[float, msgspec.Meta(gt=0, le=150)] = 80.0
+    gpu_pause_celsius: Annotated[float, msgspec.Meta(gt=0, le=150)] = 85.0
+    gpu_resume_celsius: Annotated[float, msgspec.Meta(gt=0, le=150)] = 75.0
+    gpu_pause_after: Annotated[
+        float, msgspec.Meta(ge=0, description="seconds at gpu_pause_celsius before pausing")
+    ] = 300.0
+    gpu_warn_memory: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9
 
 
 class PowerConfig(_Section, frozen=True):
@@ -385,6 +409,12 @@ def from_mapping(data: Any, source: str = "") -> Config:
                 f"{len(m.cpus)} cores for {m.threads} threads: each thread needs its own core",
                 source,
             )
+    if cfg.heal.gpu_resume_celsius >= cfg.heal.gpu_pause_celsius:
+        raise ConfigError(
+            "heal.gpu_resume_celsius",
+            f"must be below heal.gpu_pause_celsius ({cfg.heal.gpu_pause_celsius:g})",
+            source,
+        )
     if cfg.power.enable and cfg.gossip is None:
         raise ConfigError(
             "power.enable", "needs [gossip]: peers must know when the node is needed", source

@@ -24,14 +24,27 @@ from cairn.generations import Generations
 from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.digest import encode as encode_digest
 from cairn.gossip.service import Cluster
+from cairn.heal import (
+    Check,
+    DiskFull,
+    GpuHot,
+    Healer,
+    MemoryLow,
+    ModelProbe,
+    NoPeer,
+    RestartLadder,
+    Unconfirmed,
+    UnitFailed,
+)
 from cairn.identity import of_this_machine
 from cairn.inference.front import Inference
 from cairn.power import SUSPENDED, mac_of, may_suspend
 from cairn.probe import Probe, Snapshot
 from cairn.sdnotify import Notifier
 from cairn.sleep import Kind, Phase, Sleepable, Sleeper
-from cairn.state import StateFile
+from cairn.state import StateFile, Store
 from cairn.status.app import create_app
+from cairn.thermal import Reading, ThermalGuard
 from cairn.units import SystemdUnits, UnitError
 
 log = logging.getLogger(__name__)
@@ -68,19 +81,32 @@ class Supervisor:
         self.systemd = SystemdUnits() if systemd else None
         self.inference = Inference(config, self.state_dir / "run", self.systemd)
         self.sleeper = self._sleeper()
+        # Reads the key file: a missing or bad one stops the start here, with its reason.
+        self.cluster = Cluster(config.gossip, config.node.name) if config.gossip else None
+        self.api_token = read_token(config.api.token_file) if config.api.token_file else None
+        self.inference.cluster = self.cluster
+        self.store = Store(StateFile(self.state_dir / "state.json"))
         self.gate = Gate(
-            StateFile(self.state_dir / "state.json"),
+            self.store,
             config.heal.confirm_window,
             self.probe.generation,
             self.critical_failing,
             self._start_rollback,
         )
+        self.ladder, self.healer = self._healer()
+        gpu_units = [m.unit for m in self.inference.models.values() if m.cfg.gpu_layers > 0]
+        heal = config.heal
+        self.thermal = ThermalGuard(
+            self._gpu_readings,
+            self.inference.units,
+            gpu_units,
+            heal.gpu_pause_celsius,
+            heal.gpu_resume_celsius,
+            heal.gpu_pause_after,
+        )
+        self.inference.paused = self.thermal.paused_units
         self.power = "on"  # "suspended" while this node leaves the cluster to suspend
         self.mac = config.power.mac
-        # Reads the key file: a missing or bad one stops the start here, with its reason.
-        self.cluster = Cluster(config.gossip, config.node.name) if config.gossip else None
-        self.api_token = read_token(config.api.token_file) if config.api.token_file else None
-        self.inference.cluster = self.cluster
         self._digest_sent: tuple[bytes, float] = (b"", 0.0)
         self.snapshot: Snapshot | None = None
         self.generation: Generations | None = None
@@ -105,6 +131,62 @@ class Supervisor:
             units.append(Sleepable(svc.unit, Kind.SERVICE, svc.ttl, self.systemd, svc.socket))
         sleeper = self.inference.sleeper = Sleeper(self.config.sleep, units)
         return sleeper
+
+    def _healer(self) -> tuple[RestartLadder | None, Healer]:
+        heal, models = self.config.heal, self.inference.models.values()
+        systemd_workers = self.config.inference.workers is WorkerManager.SYSTEMD
+        ladder = (
+            RestartLadder(
+                self.systemd,
+                backoff=(min(1.0, heal.restart_backoff_max), heal.restart_backoff_max),
+                cooldown=heal.reset_cooldown,
+                resets_per_hour=heal.resets_per_hour,
+            )
+            if self.systemd is not None
+            else None
+        )
+        watched = [*heal.critical_units, *(m.unit for m in models if systemd_workers)]
+        checks: list[Check] = []
+        if self.systemd is not None and watched:
+            must_run = frozenset(heal.critical_units)
+            checks.append(UnitFailed(self.systemd, lambda: watched, ladder, must_run))
+        if not systemd_workers and models:  # children restart themselves: only report
+            checks.append(UnitFailed(self.inference.units, lambda: [m.unit for m in models], None))
+        checks += [
+            ModelProbe(
+                lambda name: self.inference.probe(name, wake=False),
+                lambda: list(self.inference.models),
+                ladder if systemd_workers else None,
+            ),
+            DiskFull(self.state_dir, heal.disk_min_free),
+            MemoryLow(heal.memory_min_mb << 20),
+            GpuHot(self._gpu_readings, heal.gpu_warn_celsius, heal.gpu_warn_memory),
+            Unconfirmed(lambda: (self.gate.current, self.gate.status, self.gate.detail)),
+        ]
+        if self.cluster is not None and self.cluster.cfg.join:
+            cluster = self.cluster
+            checks.append(NoPeer(lambda: cluster.member.live_count() if cluster.member else 0))
+        return ladder, Healer(self.store, checks)
+
+    def _gpu_readings(self) -> list[Reading]:
+        snap = self.snapshot
+        if snap is None:
+            return []
+        return [
+            (
+                g.index,
+                g.temperature_celsius,
+                g.memory_used_bytes / g.memory_total_bytes
+                if g.memory_used_bytes is not None and g.memory_total_bytes
+                else None,
+            )
+            for g in snap.gpus
+        ]
+
+    async def heal_tick(self) -> None:
+        """Thermal guard first (it may stop units), then every check."""
+        await self.thermal.tick()
+        await self.healer.tick()
 
     def accepted_tokens(self) -> list[str]:
         """Bearer tokens the API takes from the network: the operator's, and the peers'."""
@@ -187,6 +269,7 @@ class Supervisor:
             gpu_util=gpu.utilization_ratio if gpu else None,
             models=models,
             sleeping=self.sleeper.asleep(),
+            incidents=len(self.healer.open()),
             power=self.power,
             mac=self.mac,
         )
@@ -327,6 +410,14 @@ class Supervisor:
                 "interval",
                 seconds=GATE_EVERY_S,
                 id="gate",
+                max_instances=1,
+                coalesce=True,
+            )
+            scheduler.add_job(
+                self.heal_tick,
+                "interval",
+                seconds=self.config.heal.interval,
+                id="heal",
                 max_instances=1,
                 coalesce=True,
             )

@@ -20,7 +20,7 @@ import msgspec
 
 from cairn.errors import CairnError
 from cairn.generations import Generations
-from cairn.state import Rollback, State, StateFile, Window
+from cairn.state import Rollback, State, Store, Window
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,14 @@ class Gate:
 
     def __init__(
         self,
-        state_file: StateFile,
+        store: Store,
         window_s: float,
         read: Callable[[], tuple[Generations | None, str]],
         failing: Callable[[], Awaitable[list[str]]],
         rollback: Callable[[], Awaitable[None]],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.file = state_file
-        self.state: State = state_file.load()
+        self.store = store
         self.window_s = window_s
         self.read = read
         self.failing = failing
@@ -87,8 +86,13 @@ class Gate:
             st.rollback,
         )
 
+    @property
+    def state(self) -> State:
+        """The shared state (the healer keeps its incidents in it too)."""
+        return self.store.state
+
     def _save(self) -> None:
-        self.file.save(self.state)
+        self.store.save()
 
     async def _read(self) -> int | None:
         gens, why = await asyncio.to_thread(self.read)

@@ -35,15 +35,16 @@ class Rollback(msgspec.Struct, frozen=True):
     manual: bool = False
 
 
-class Incident(msgspec.Struct, frozen=True):
-    """A problem a check found: open until the check passes again."""
+class Incident(msgspec.Struct):
+    """A problem a check found about one subject: open until the check passes again."""
 
     id: str
     check: str
+    subject: str
     since: float  # Unix time
     detail: str
     closed: float | None = None
-    fixes: list[str] = []  # what was tried, in order
+    fixes: list[str] = []  # what was tried, in order (the newest FIXES_KEPT)
 
 
 class State(msgspec.Struct):
@@ -55,6 +56,19 @@ class State(msgspec.Struct):
     window: Window | None = None
     rollback: Rollback | None = None
     incidents: list[Incident] = []
+    incident_seq: int = 0
+
+
+class Store:
+    """The state in memory and its file: whoever changes `state` calls `save()`."""
+
+    def __init__(self, file: StateFile) -> None:
+        self.file = file
+        self.state = file.load()
+
+    def save(self) -> None:
+        """Write the state out (atomically)."""
+        self.file.save(self.state)
 
 
 class StateFile:

@@ -19,6 +19,7 @@ MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
 UNIT = "org.freedesktop.systemd1.Unit"
 SOCKET = "org.freedesktop.systemd1.Socket"
+SERVICE = "org.freedesktop.systemd1.Service"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 CALL_TIMEOUT_MS = 25_000  # the D-Bus default; a start job is waited for separately
 FINISHED_KEPT = 512  # JobRemoved results kept for callers whose reply came after the signal
@@ -59,6 +60,19 @@ class SocketCounters:
     listen: list[tuple[str, str]]  # (type, address), e.g. ("Stream", "/run/x.sock")
 
 
+@dataclass(frozen=True)
+class ServiceInfo:
+    """A service's `Result`, `NRestarts`, and when its main process last started.
+
+    `exec_started` is `ExecMainStartTimestampMonotonic` (µs): a start systemd refuses (its start
+    limit) leaves it as it was.
+    """
+
+    result: str
+    restarts: int
+    exec_started: int
+
+
 Watcher = Callable[[UnitState], None]
 
 
@@ -85,6 +99,9 @@ class Units(Protocol):
 
     async def socket_counters(self, unit: str) -> SocketCounters:
         """A socket unit's counters and listening addresses."""
+
+    async def service_info(self, unit: str) -> ServiceInfo:
+        """A service's last result and how often systemd restarted it."""
 
     def watch(self, fn: Watcher) -> None:
         """Call `fn` on the event loop whenever a unit's ActiveState or SubState changes."""
@@ -320,6 +337,15 @@ class SystemdUnits:
             int(props["NAccepted"]),
             int(props["NConnections"]),
             [(str(t), str(a)) for t, a in props["Listen"]],
+        )
+
+    async def service_info(self, unit: str) -> ServiceInfo:
+        """Result and NRestarts of a service unit."""
+        props = await self._run(lambda: self._get_all(unit, SERVICE), f"read {unit}")
+        return ServiceInfo(
+            str(props["Result"]),
+            int(props["NRestarts"]),
+            int(props["ExecMainStartTimestampMonotonic"]),
         )
 
     async def timestamps(self, unit: str) -> tuple[int, int]:

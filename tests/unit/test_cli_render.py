@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from cairn.cli import render_generations, render_status, render_units
+from cairn.cli import render_generations, render_incidents, render_status, render_units
 from cairn.components import State, Status
 from cairn.gate import GateView
 from cairn.generations import Generation, Generations
@@ -12,7 +12,7 @@ from cairn.gpu import Gpu
 from cairn.identity import Identity
 from cairn.probe import Cpu, Disk, Memory, Snapshot, Temperature
 from cairn.sleep import Kind, Phase, UnitView
-from cairn.state import Window
+from cairn.state import Incident, Window
 from cairn.status.document import StatusDocument
 
 GIB = 1 << 30
@@ -58,6 +58,18 @@ def document() -> dict:
         generation_reason="",
         models={},
         cluster=None,
+        incidents=[
+            Incident(
+                "unit-failed-3",
+                "unit-failed",
+                "worker.service",
+                0.0,
+                "worker.service failed (start-limit-hit)",
+                None,
+                ["10:00:01 restarted", "10:00:09 gave up after 3 resets in an hour"],
+            ),
+            Incident("disk-full-1", "disk-full", "/var/lib/cairn", 0.0, "4.0% free", 60.0),
+        ],
         gate=GateView(
             42,
             "confirming",
@@ -165,3 +177,15 @@ def test_renders_the_generations_with_the_gates_verdicts() -> None:
     assert lines[1].split() == ["GENERATION", "CREATED", "STATUS"]
     assert lines[2].split() == ["42", "2026-11-21", "10:00:00", "current"]
     assert lines[3].split() == ["41", "2026-11-20", "10:00:00", "booted", "confirmed"]
+
+
+def test_renders_open_incidents_with_their_fixes_then_closed_ones() -> None:
+    lines = render_incidents(document()["incidents"]).splitlines()
+    assert lines[0].startswith("unit-failed-3  OPEN  since ")
+    assert lines[0].endswith("worker.service: worker.service failed (start-limit-hit)")
+    assert lines[1:3] == [
+        "    10:00:01 restarted",
+        "    10:00:09 gave up after 3 resets in an hour",
+    ]
+    assert lines[3].startswith("disk-full-1  closed") and len(lines) == 4
+    assert render_incidents([]) == "no incidents"

@@ -10,7 +10,7 @@ import pytest
 
 from cairn import generations, rollback
 from cairn.gate import Gate, GateError
-from cairn.state import Rollback, State, StateFile
+from cairn.state import Rollback, State, StateFile, Store
 
 WINDOW = 100.0
 
@@ -73,7 +73,8 @@ class World:
             self.helper_runs += 1
             rollback.run(self.file, self.layout.profiles)
 
-        return Gate(self.file, WINDOW, self.layout.read, failing, helper, lambda: self.now)
+        store = Store(self.file)
+        return Gate(store, WINDOW, self.layout.read, failing, helper, lambda: self.now)
 
 
 @pytest.fixture

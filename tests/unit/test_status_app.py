@@ -23,7 +23,7 @@ from cairn.gossip.service import MemberView
 from cairn.gpu import Gpu
 from cairn.identity import Identity
 from cairn.sleep import UnitView
-from cairn.state import Rollback, Window
+from cairn.state import Incident, Rollback, Window
 from cairn.status.app import create_app
 from cairn.status.document import StatusDocument
 from tests.conftest import free_port
@@ -117,6 +117,7 @@ OPENAPI = json.loads(resources.files("cairn.status").joinpath("openapi.json").re
         ("Gate", GateView),
         ("ConfirmWindow", Window),
         ("Rollback", Rollback),
+        ("Incident", Incident),
     ],
 )
 def test_openapi_schema_lists_exactly_the_struct_fields(

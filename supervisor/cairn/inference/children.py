@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cairn.config import ModelConfig
-from cairn.units import JobFailed, SocketCounters, UnitError, UnitState, Watcher
+from cairn.units import JobFailed, ServiceInfo, SocketCounters, UnitError, UnitState, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,14 @@ class ChildUnits:
     async def socket_counters(self, unit: str) -> SocketCounters:
         """Children have no socket units."""
         raise UnitError(f"{unit}: standalone workers have no socket unit")
+
+    async def service_info(self, unit: str) -> ServiceInfo:
+        """Whether the child last failed, and how often it was respawned."""
+        child = self._child(unit)
+        failed = child.state == "failed"
+        return ServiceInfo(
+            "exit-code" if failed else "success", max(0, child.starts - 1), child.starts
+        )
 
     def watch(self, fn: Watcher) -> None:
         """Call `fn` on every state change of a child."""

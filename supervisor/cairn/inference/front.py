@@ -29,7 +29,9 @@ HEALTH_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 30.0  # a one-token answer, once the worker is up
 PEER_CONNECT_TIMEOUT_S = 3.0
 PASS_HEADERS = ("Content-Type", "Retry-After", "Cache-Control")
-_STARTED = "cairn_response"  # request key: the response once its headers went out
+# Request keys: the response once its headers went out; the model asked for (for the metrics).
+_STARTED = web.RequestKey("cairn_response", web.StreamResponse)
+MODEL_KEY = web.RequestKey("cairn_model", str)
 FORWARDED_BY = "X-Cairn-Forwarded-By"  # set on a request one node passes to another
 WAKE_KEEPALIVE_S = 1.0  # a streaming client waiting for a wake hears from us this often
 
@@ -41,7 +43,7 @@ def unit_of(model: str) -> str:
 
 def _started(request: web.Request) -> web.StreamResponse | None:
     """The response whose headers already went out, if any."""
-    resp: web.StreamResponse | None = request.get(_STARTED)
+    resp = request.get(_STARTED)
     return resp
 
 
@@ -129,6 +131,7 @@ class Inference:
         self._peers: aiohttp.ClientSession | None = None
         self.forwarded = 0
         self.last_request = time.monotonic()  # any /v1 request, served here or passed on
+        self.paused: set[str] = set()  # worker units paused by the thermal guard
 
     async def start(self) -> None:
         """Write the config the workers read, then start the children (standalone)."""
@@ -232,11 +235,12 @@ class Inference:
                 "invalid_request_error",
                 param="model",
             )
-        request["cairn_model"] = name  # the metrics middleware counts per model
+        request[MODEL_KEY] = name  # the metrics middleware counts per model
         self.last_request = time.monotonic()
         model = self.models.get(name)
+        paused = model is not None and model.unit in self.paused
         hop = FORWARDED_BY in request.headers  # one hop at most: never pass a request on twice
-        if (model is None or model.full()) and self.cluster is not None and not hop:
+        if (model is None or paused or model.full()) and self.cluster is not None and not hop:
             for peer in self.cluster.peers_serving(name):
                 resp = await self._to_peer(request, peer, body)
                 if resp is not None:
@@ -269,6 +273,8 @@ class Inference:
                 param="model",
                 code="model_not_found",
             )
+        if paused:
+            return _unavailable(name, "paused while the GPU cools down")
         streaming = isinstance(doc, dict) and doc.get("stream") is True
         if self.sleeper is None:
             return await self._serve(request, model, body, streaming)
@@ -322,9 +328,20 @@ class Inference:
             return str(err)
         return ""
 
-    async def probe(self, name: str) -> str:
-        """'' when the model answers a one-token request (woken if it sleeps), else why not."""
+    async def probe(self, name: str, wake: bool = True) -> str:
+        """'' when the model answers a one-token request, else why not.
+
+        wake=True (the generation gate): a sleeping worker is woken, and the probe counts as
+        use. wake=False (the healer's checks): only an awake worker is asked, and the probe is
+        not use, so it never keeps a worker from sleeping.
+        """
         model = self.models[name]
+        if not wake:
+            lock = model.sleepable.transition if model.sleepable else None
+            if not _ready(model) or (lock is not None and lock.locked()):
+                return ""  # asleep, or being put to sleep: nothing to ask
+            async with lock or contextlib.nullcontext():
+                return await self._ask(model)
         if self.sleeper is not None:
             self.sleeper.begin(model.unit)
         try:
@@ -332,6 +349,14 @@ class Inference:
                 return model.child.reason or "failed"
             if not _ready(model) and (why := await self._wake(model)):
                 return why
+            return await self._ask(model)
+        finally:
+            if self.sleeper is not None:
+                self.sleeper.end(model.unit)
+
+    async def _ask(self, model: Model) -> str:
+        name = model.cfg.name
+        try:
             doc: dict[str, str | int]
             if model.cfg.kind is ModelKind.ONNX or model.cfg.embedding:
                 path, doc = "/v1/embeddings", {"model": name, "input": "probe"}
@@ -344,9 +369,6 @@ class Inference:
             return ""
         except (aiohttp.ClientError, TimeoutError) as err:
             return f"the probe failed: {err or type(err).__name__}"
-        finally:
-            if self.sleeper is not None:
-                self.sleeper.end(model.unit)
 
     async def _keepalive(self, resp: web.StreamResponse, name: str) -> None:
         """SSE comment lines (ignored by clients) while the worker wakes."""

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cairn import auth
 from cairn.gate import GateError
+from cairn.inference.front import MODEL_KEY
 from cairn.status import document
 from cairn.status.metrics import Metrics
 
@@ -67,7 +68,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     elapsed = time.monotonic() - started
     metrics.http_requests.labels(request.method, route, str(response.status)).inc()
     metrics.http_duration.labels(route).observe(elapsed)
-    if (model := request.get("cairn_model")) in request.app[SUPERVISOR].inference.models:
+    if (model := request.get(MODEL_KEY)) in request.app[SUPERVISOR].inference.models:
         metrics.model_requests.labels(model, route, str(response.status)).inc()
         metrics.model_duration.labels(model, route).observe(elapsed)
     return response

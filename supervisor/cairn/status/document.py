@@ -13,6 +13,7 @@ from cairn.gossip.service import MemberView
 from cairn.identity import Identity
 from cairn.probe import Snapshot
 from cairn.sleep import UnitView
+from cairn.state import Incident
 
 if TYPE_CHECKING:
     from cairn.daemon import Supervisor
@@ -35,6 +36,17 @@ class StatusDocument(msgspec.Struct, frozen=True):
     cluster: list[MemberView] | None
     sleep: list[UnitView]
     gate: GateView
+    incidents: list[Incident]
+
+
+RECENT_INCIDENTS = 20
+
+
+def incidents(sup: Supervisor) -> list[Incident]:
+    """The open incidents, then the most recently closed ones, newest first."""
+    every = sup.store.state.incidents
+    closed = sorted((i for i in every if i.closed is not None), key=lambda i: -(i.closed or 0))
+    return sorted(sup.healer.open(), key=lambda i: -i.since) + closed[:RECENT_INCIDENTS]
 
 
 def build(sup: Supervisor) -> StatusDocument:
@@ -54,4 +66,5 @@ def build(sup: Supervisor) -> StatusDocument:
         cluster=sup.cluster.status() if sup.cluster else None,
         sleep=sup.sleeper.status(),
         gate=sup.gate.view(),
+        incidents=incidents(sup),
     )

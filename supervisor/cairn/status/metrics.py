@@ -55,6 +55,7 @@ class NodeCollector(Collector):
         yield from self._models()
         yield from self._gossip()
         yield from self._sleep()
+        yield from self._heal()
         fwd = CounterMetricFamily(
             "cairn_requests_forwarded", "Requests this node passed on to a peer's front."
         )
@@ -67,6 +68,40 @@ class NodeCollector(Collector):
         if current:
             gen.add_metric([], current[0])
         yield gen
+
+    def _heal(self) -> Iterator[Metric]:
+        sup = self.sup
+        opened = _gauge("incidents_open", "Open incidents, by check.", ["check"])
+        counts: dict[str, int] = {}
+        for inc in sup.healer.open():
+            counts[inc.check] = counts.get(inc.check, 0) + 1
+        for check, n in sorted(counts.items()):
+            opened.add_metric([check], n)
+        fixes = CounterMetricFamily(
+            "cairn_fix_attempts", "Fix attempts, by fix and check.", labels=["check", "fix"]
+        )
+        for (fix, check), n in sorted(sup.healer.fix_attempts.items()):
+            fixes.add_metric([check, fix], n)
+        yield from (opened, fixes)
+        ladder = sup.ladder
+        if ladder is not None:
+            restarts = CounterMetricFamily(
+                "cairn_unit_restarts", "Restarts by the escalation ladder.", labels=["unit"]
+            )
+            resets = CounterMetricFamily(
+                "cairn_unit_resets", "reset-failed after systemd's start limit.", labels=["unit"]
+            )
+            gave_up = _gauge("unit_given_up", "1 once the ladder left the unit stopped.", ["unit"])
+            for unit in sorted(ladder.rungs):
+                restarts.add_metric([unit], ladder.restarts[unit])
+                resets.add_metric([unit], ladder.resets[unit])
+                gave_up.add_metric([unit], 1.0 if ladder.gave_up(unit) else 0.0)
+            yield from (restarts, resets, gave_up)
+        paused = _gauge("gpu_workers_paused", "1 while the thermal guard pauses GPU workers.")
+        paused.add_metric([], 1.0 if sup.thermal.paused_units else 0.0)
+        pauses = CounterMetricFamily("cairn_gpu_pauses", "Thermal pauses of the GPU workers.")
+        pauses.add_metric([], sup.thermal.pauses)
+        yield from (paused, pauses)
 
     def _sleep(self) -> Iterator[Metric]:
         units = self.sup.sleeper.units.values()

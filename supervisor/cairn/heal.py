@@ -1,0 +1,389 @@
+"""Self-heal: checks find problems, incidents record them, fixes repair what they may.
+
+Each check is a small class that reports its current findings, one per subject (a unit, a
+model, a path). A finding with no open incident opens one; an open incident whose finding is
+gone is closed. A check may carry a fix; an automatic fix is attempted on every round while
+its incident is open (it paces itself), and every attempt is written into the incident.
+Incidents live in the state file, so they survive restarts; the journal, /status, /metrics and
+the node digest all show them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+from cairn.sleep import available_bytes
+from cairn.state import INCIDENTS_KEPT, Incident, Store
+from cairn.units import JobFailed, UnitError, Units
+
+log = logging.getLogger(__name__)
+
+FIXES_KEPT = 20  # fix attempts kept per incident, newest last
+HOUR_S = 3600.0
+FLAP_WINDOW_S = 600.0  # this many restarts by systemd within this window is flapping
+FLAP_RESTARTS = 3
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem about one subject."""
+
+    subject: str
+    detail: str
+
+
+class Fix(Protocol):
+    """Repairs the subject of an incident; paces itself across rounds."""
+
+    name: str
+    automatic: bool
+
+    async def attempt(self, subject: str) -> str | None:
+        """Try once; what was done, or None if nothing is due this round."""
+
+    def resolved(self, subject: str) -> None:
+        """The incident closed: start afresh next time."""
+
+
+class Check(Protocol):
+    """Finds the current problems of one kind."""
+
+    name: str
+    fix: Fix | None
+
+    async def findings(self) -> list[Finding]:
+        """Every subject that fails this check now."""
+
+
+# --- the restart ladder --------------------------------------------------------------------
+
+
+@dataclass
+class _Rung:
+    delay: float
+    next_at: float = 0.0
+    limit_since: float | None = None
+    gave_up: bool = False
+    resets: deque[float] = field(default_factory=deque)
+
+
+class RestartLadder:
+    """Restart with backoff; at the start limit, cool down, reset-failed, go on; then give up.
+
+    Exponential backoff between restarts; once systemd's start limit is hit, `cooldown` seconds,
+    then reset-failed and again, at most `resets_per_hour` times an hour; then the unit is left
+    stopped and its incident open.
+    """
+
+    name = "restart"
+    automatic = True
+
+    def __init__(
+        self,
+        units: Units,
+        backoff: tuple[float, float] = (1.0, 60.0),
+        cooldown: float = 60.0,
+        resets_per_hour: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.units = units
+        self.backoff = backoff
+        self.cooldown = cooldown
+        self.resets_per_hour = resets_per_hour
+        self.clock = clock
+        self.rungs: dict[str, _Rung] = {}
+        self.restarts: Counter[str] = Counter()
+        self.resets: Counter[str] = Counter()
+
+    def gave_up(self, unit: str) -> bool:
+        """Whether the ladder ran out for this unit."""
+        rung = self.rungs.get(unit)
+        return rung is not None and rung.gave_up
+
+    async def attempt(self, subject: str) -> str | None:
+        """One step up the ladder, if one is due."""
+        rung = self.rungs.setdefault(subject, _Rung(self.backoff[0]))
+        now = self.clock()
+        if rung.gave_up or now < rung.next_at:
+            return None
+        note = ""
+        if rung.limit_since is not None:
+            if now - rung.limit_since < self.cooldown:
+                return None
+            await self.units.reset_failed(subject)
+            rung.resets.append(now)
+            self.resets[subject] += 1
+            rung.limit_since, rung.delay = None, self.backoff[0]
+            note = "reset-failed after the cool-down; "
+        before = await self.units.service_info(subject)
+        self.restarts[subject] += 1
+        rung.next_at = now + rung.delay
+        rung.delay = min(rung.delay * 2, self.backoff[1])
+        try:
+            await self.units.restart(subject)
+        except JobFailed as err:
+            # A start systemd refused never ran: the main process start time did not move.
+            if (await self.units.service_info(subject)).exec_started != before.exec_started:
+                return f"{note}restarted: the job ended {err.result}"
+        else:
+            return f"{note}restarted"
+        while rung.resets and now - rung.resets[0] > HOUR_S:
+            rung.resets.popleft()
+        if len(rung.resets) >= self.resets_per_hour:
+            rung.gave_up = True
+            await self.units.stop(subject)
+            log.error(
+                "%s: start limit hit again after %d resets this hour; leaving it stopped",
+                subject,
+                len(rung.resets),
+            )
+            return f"{note}start refused again after {len(rung.resets)} resets this hour: gave up"
+        rung.limit_since = now
+        return (
+            f"{note}start refused (systemd's start limit): cooling down {self.cooldown:g} s"
+            " before reset-failed"
+        )
+
+    def resolved(self, subject: str) -> None:
+        """Healthy again: the backoff starts over (the hourly reset budget does not)."""
+        rung = self.rungs.get(subject)
+        if rung is not None and not rung.gave_up:
+            rung.delay, rung.next_at, rung.limit_since = self.backoff[0], 0.0, None
+
+
+# --- checks ------------------------------------------------------------------------------
+
+
+class UnitFailed:
+    """A watched unit failed (or, for one that must run, is not running), or flaps."""
+
+    name = "unit-failed"
+
+    def __init__(
+        self,
+        units: Units,
+        watched: Callable[[], list[str]],
+        fix: Fix | None,
+        must_run: frozenset[str] = frozenset(),
+    ) -> None:
+        self.units = units
+        self.watched = watched
+        self.fix = fix
+        self.must_run = must_run  # critical units; the others (sleepable workers) may be inactive
+        self._restarts: dict[str, deque[tuple[float, int]]] = {}
+
+    async def findings(self) -> list[Finding]:
+        out = []
+        now = time.monotonic()
+        for unit in self.watched():
+            try:
+                st = await self.units.state(unit)
+                info = await self.units.service_info(unit)
+            except UnitError as err:
+                out.append(Finding(unit, str(err)))
+                continue
+            seen = self._restarts.setdefault(unit, deque())
+            seen.append((now, info.restarts))
+            while seen and now - seen[0][0] > FLAP_WINDOW_S:
+                seen.popleft()
+            recent = info.restarts - seen[0][1]
+            if st.active == "failed":
+                out.append(Finding(unit, f"{unit} failed ({info.result})"))
+            elif unit in self.must_run and not st.running:
+                out.append(Finding(unit, f"{unit} is {st.active}, and it must run"))
+            elif recent >= FLAP_RESTARTS:
+                out.append(Finding(unit, f"{unit} flapping: {recent} restarts in 10 min"))
+        return out
+
+
+class ModelProbe:
+    """An awake worker does not answer a one-token probe (a sleeping one is left asleep)."""
+
+    name = "model-probe"
+
+    def __init__(
+        self,
+        probe: Callable[[str], Awaitable[str]],
+        awake: Callable[[], list[str]],
+        fix: Fix | None,
+    ) -> None:
+        self.probe = probe
+        self.awake = awake
+        self.fix = fix
+
+    async def findings(self) -> list[Finding]:
+        out = []
+        for unit_name, model in [(f"cairn-model@{m}.service", m) for m in self.awake()]:
+            if why := await self.probe(model):
+                out.append(Finding(unit_name, f"model {model} does not answer its probe: {why}"))
+        return out
+
+
+class DiskFull:
+    """The state directory's file system is nearly full."""
+
+    name = "disk-full"
+    fix: Fix | None = None
+
+    def __init__(self, path: Path, min_free_ratio: float) -> None:
+        self.path = path
+        self.min_free_ratio = min_free_ratio
+
+    async def findings(self) -> list[Finding]:
+        usage = psutil.disk_usage(str(self.path))
+        free = usage.free / usage.total if usage.total else 1.0
+        if free >= self.min_free_ratio:
+            return []
+        return [Finding(str(self.path), f"{free:.1%} free (below {self.min_free_ratio:.0%})")]
+
+
+class MemoryLow:
+    """Available memory is below the floor (the sleeper already puts units to sleep)."""
+
+    name = "memory-low"
+    fix: Fix | None = None
+
+    def __init__(self, floor_bytes: int, meminfo: Path = Path("/proc/meminfo")) -> None:
+        self.floor = floor_bytes
+        self.meminfo = meminfo
+
+    async def findings(self) -> list[Finding]:
+        available = available_bytes(self.meminfo)
+        if not self.floor or available >= self.floor:
+            return []
+        return [Finding("memory", f"{available >> 20} MiB available, below {self.floor >> 20}")]
+
+
+class NoPeer:
+    """Peers are configured but none is reachable."""
+
+    name = "no-peer"
+    fix: Fix | None = None
+
+    def __init__(self, live: Callable[[], int]) -> None:
+        self.live = live
+
+    async def findings(self) -> list[Finding]:
+        n = self.live()
+        return [] if n > 1 else [Finding("cluster", "no peer reachable")]
+
+
+class Unconfirmed:
+    """The running generation is not confirmed (inside its window, or bad)."""
+
+    name = "generation-unconfirmed"
+    fix: Fix | None = None
+
+    def __init__(self, view: Callable[[], tuple[int | None, str, str]]) -> None:
+        self.view = view
+
+    async def findings(self) -> list[Finding]:
+        current, status, detail = self.view()
+        if current is None or status in ("confirmed", "unavailable"):
+            return []
+        return [Finding(f"generation {current}", f"{status}: {detail}" if detail else status)]
+
+
+class GpuHot:
+    """A GPU is at or above its warning temperature, or its memory is nearly full."""
+
+    name = "gpu"
+    fix: Fix | None = None
+
+    def __init__(
+        self, readings: Callable[[], list[tuple[int, float | None, float | None]]],
+        warn_celsius: float, warn_memory_ratio: float,
+    ) -> None:  # fmt: skip
+        self.readings = readings
+        self.warn_celsius = warn_celsius
+        self.warn_memory_ratio = warn_memory_ratio
+
+    async def findings(self) -> list[Finding]:
+        out = []
+        for index, celsius, memory in self.readings():
+            problems = []
+            if celsius is not None and celsius >= self.warn_celsius:
+                problems.append(f"{celsius:.0f} °C (warning at {self.warn_celsius:g})")
+            if memory is not None and memory >= self.warn_memory_ratio:
+                problems.append(f"memory {memory:.0%} used")
+            if problems:
+                out.append(Finding(f"gpu {index}", ", ".join(problems)))
+        return out
+
+
+# --- the healer --------------------------------------------------------------------------
+
+
+class Healer:
+    """Runs the checks, keeps the incidents, attempts the automatic fixes."""
+
+    def __init__(
+        self, store: Store, checks: list[Check], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.checks = checks
+        self.clock = clock
+        self.fix_attempts: Counter[tuple[str, str]] = Counter()  # (fix, check)
+
+    def open(self) -> list[Incident]:
+        """The open incidents, oldest first."""
+        return [i for i in self.store.state.incidents if i.closed is None]
+
+    async def tick(self) -> None:
+        """One round of every check."""
+        changed = False
+        for check in self.checks:
+            try:
+                found = {f.subject: f for f in await check.findings()}
+            except Exception:  # a broken check must not stop the others
+                log.exception("check %s failed to run", check.name)
+                continue
+            changed |= await self._apply(check, found)
+        if changed:
+            self._trim()
+            self.store.save()
+
+    async def _apply(self, check: Check, found: dict[str, Finding]) -> bool:
+        st, now, changed = self.store.state, self.clock(), False
+        current = {i.subject: i for i in self.open() if i.check == check.name}
+        for subject, finding in found.items():
+            inc = current.get(subject)
+            if inc is None:
+                st.incident_seq += 1
+                inc = Incident(f"{check.name}-{st.incident_seq}", check.name, subject, now, "")
+                st.incidents.append(inc)
+                log.warning("incident %s opened: %s", inc.id, finding.detail)
+            if inc.detail != finding.detail:
+                inc.detail, changed = finding.detail, True
+            fix = check.fix
+            if fix is not None and fix.automatic:
+                try:
+                    done = await fix.attempt(subject)
+                except UnitError as err:
+                    done = f"{fix.name} failed: {err}"
+                if done is not None:
+                    self.fix_attempts[(fix.name, check.name)] += 1
+                    inc.fixes = [*inc.fixes, f"{time.strftime('%H:%M:%S')} {done}"][-FIXES_KEPT:]
+                    log.warning("incident %s: %s %s: %s", inc.id, fix.name, subject, done)
+                    changed = True
+        for subject, inc in current.items():
+            if subject not in found:
+                inc.closed, changed = now, True
+                log.info("incident %s resolved: %s", inc.id, subject)
+                if check.fix is not None:
+                    check.fix.resolved(subject)
+        return changed
+
+    def _trim(self) -> None:
+        st = self.store.state
+        closed = [i for i in st.incidents if i.closed is not None]
+        drop = {id(i) for i in closed[: max(0, len(closed) - INCIDENTS_KEPT)]}
+        st.incidents = [i for i in st.incidents if id(i) not in drop]
