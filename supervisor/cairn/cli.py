@@ -219,6 +219,7 @@ def render_incidents(incidents: list[dict[str, Any]]) -> str:
         state = "OPEN" if i["closed"] is None else "closed"
         out.append(f"{i['id']}  {state}  since {since}  {i['subject']}: {i['detail']}")
         if i["closed"] is None:
+            out += [f"    fix: {i['fix']}"] if i["fix"] else []
             out += [f"    {fix}" for fix in i["fixes"]]
     return "\n".join(out)
 

@@ -48,7 +48,6 @@ from cairn.thermal import Reading, ThermalGuard
 from cairn.units import SystemdUnits, UnitError
 
 log = logging.getLogger(__name__)
-Sample = tuple[Snapshot, tuple[Generations | None, str]]
 
 SHUTDOWN_GRACE_S = 3.0  # in-flight HTTP requests get this long; the whole stop stays under 5 s
 DIGEST_EVERY_S = 1.0  # a changed digest goes out within this; an unchanged one is refreshed
@@ -94,6 +93,13 @@ class Supervisor:
             self._start_rollback,
         )
         self.ladder, self.healer = self._healer()
+        self.gate.on_rollback = lambda generation, done: self.healer.record(
+            Unconfirmed.name,
+            f"generation {generation}",
+            self.gate.detail,
+            done,
+            "rollback (automatic)",
+        )
         gpu_units = [m.unit for m in self.inference.models.values() if m.cfg.gpu_layers > 0]
         heal = config.heal
         self.thermal = ThermalGuard(
@@ -109,15 +115,11 @@ class Supervisor:
         self.mac = config.power.mac
         self._digest_sent: tuple[bytes, float] = (b"", 0.0)
         self.snapshot: Snapshot | None = None
-        self.generation: Generations | None = None
-        self.generation_reason = "not read yet"
         self.probe_runs = 0
         self.probe_failures = 0
         self.started_at = time.time()
         self._started_mono = time.monotonic()
-        self._inflight: asyncio.Future[tuple[Snapshot, tuple[Generations | None, str]]] | None = (
-            None
-        )
+        self._inflight: asyncio.Future[Snapshot] | None = None
         self._inflight_since = 0.0
         self._status_text = ""
 
@@ -197,8 +199,15 @@ class Supervisor:
         """Seconds since the daemon started."""
         return time.monotonic() - self._started_mono
 
-    def _sample(self) -> Sample:
-        return self.probe.sample(), self.probe.generation()
+    @property
+    def generation(self) -> Generations | None:
+        """The NixOS generations as the gate last read them (every GATE_EVERY_S)."""
+        return self.gate.generations
+
+    @property
+    def generation_reason(self) -> str:
+        """Why `generation` is None; empty otherwise."""
+        return self.gate.reason
 
     async def probe_once(self) -> None:
         """Take one snapshot off the loop and publish it; a failing or hung probe degrades."""
@@ -208,14 +217,14 @@ class Supervisor:
             self.components.set("probe", State.DEGRADED, f"probe stuck for {stuck:.0f} s")
             self._announce()
             return
-        self._inflight = run_in_daemon_thread(self._sample, "cairn-probe")
+        self._inflight = run_in_daemon_thread(self.probe.sample, "cairn-probe")
         # A round that outlives its wait still settles later; retrieve its outcome so an
         # exception there is not reported as never retrieved.
         self._inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._inflight_since = time.monotonic()
         self.probe_runs += 1
         try:
-            snap, (gen, reason) = await asyncio.wait_for(asyncio.shield(self._inflight), interval)
+            snap = await asyncio.wait_for(asyncio.shield(self._inflight), interval)
         except TimeoutError:
             log.warning("probe did not finish within %.1f s", interval)
             self.components.set("probe", State.DEGRADED, f"probe slower than {interval:g} s")
@@ -224,7 +233,7 @@ class Supervisor:
             log.exception("probe failed")
             self.components.set("probe", State.DEGRADED, f"last probe failed: {err}")
         else:
-            self.snapshot, self.generation, self.generation_reason = snap, gen, reason
+            self.snapshot = snap
             self.components.set("probe", State.READY)
         self._announce()
 
@@ -410,6 +419,7 @@ class Supervisor:
                 "interval",
                 seconds=GATE_EVERY_S,
                 id="gate",
+                next_run_time=datetime.now().astimezone(),
                 max_instances=1,
                 coalesce=True,
             )

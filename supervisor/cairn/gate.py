@@ -69,9 +69,13 @@ class Gate:
         self.rollback = rollback
         self.clock = clock
         self.current: int | None = None
+        self.generations: Generations | None = None  # the last read, shown in /status
+        self.reason = "not read yet"  # why `generations` is None
         self.numbers: set[int] = set()
         self.status, self.detail = "unavailable", "not read yet"
         self._lock = asyncio.Lock()
+        # Told of every rollback asked (source generation, what and why): the incident record.
+        self.on_rollback: Callable[[int, str], None] | None = None
 
     def view(self) -> GateView:
         """The gate as /status shows it."""
@@ -96,6 +100,7 @@ class Gate:
 
     async def _read(self) -> int | None:
         gens, why = await asyncio.to_thread(self.read)
+        self.generations, self.reason = gens, why
         if gens is None:
             self.status, self.detail, self.current = "unavailable", why, None
             return None
@@ -178,6 +183,9 @@ class Gate:
         return max((g for g in ok if g not in self.state.bad), default=None)
 
     async def _ask_helper(self) -> None:
+        if (req := self.state.rollback) is not None and self.on_rollback is not None:
+            how = "by hand" if req.manual else "it failed its confirm window"
+            self.on_rollback(req.source, f"rollback to generation {req.target} ({how})")
         try:
             await self.rollback()
         except CairnError as err:  # the helper refused or failed: its journal says why

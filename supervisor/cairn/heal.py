@@ -280,7 +280,8 @@ class Unconfirmed:
     """The running generation is not confirmed (inside its window, or bad)."""
 
     name = "generation-unconfirmed"
-    fix: Fix | None = None
+
+    fix: Fix | None = None  # the gate decides and acts itself; it reports through record()
 
     def __init__(self, view: Callable[[], tuple[int | None, str, str]]) -> None:
         self.view = view
@@ -358,7 +359,15 @@ class Healer:
             inc = current.get(subject)
             if inc is None:
                 st.incident_seq += 1
-                inc = Incident(f"{check.name}-{st.incident_seq}", check.name, subject, now, "")
+                fix = check.fix
+                how = (
+                    ""
+                    if fix is None
+                    else f"{fix.name} ({'automatic' if fix.automatic else 'manual'})"
+                )
+                inc = Incident(
+                    f"{check.name}-{st.incident_seq}", check.name, subject, now, "", fix=how
+                )
                 st.incidents.append(inc)
                 log.warning("incident %s opened: %s", inc.id, finding.detail)
             if inc.detail != finding.detail:
@@ -381,6 +390,21 @@ class Healer:
                 if check.fix is not None:
                     check.fix.resolved(subject)
         return changed
+
+    def record(self, check: str, subject: str, detail: str, done: str, fix: str) -> None:
+        """A fix that ran outside the rounds (the gate's rollback): into its incident."""
+        st = self.store.state
+        inc = next((i for i in self.open() if i.check == check and i.subject == subject), None)
+        if inc is None:
+            st.incident_seq += 1
+            inc = Incident(f"{check}-{st.incident_seq}", check, subject, self.clock(), detail)
+            st.incidents.append(inc)
+            log.warning("incident %s opened: %s", inc.id, detail)
+        inc.fix = fix
+        inc.fixes = [*inc.fixes, f"{time.strftime('%H:%M:%S')} {done}"][-FIXES_KEPT:]
+        self.fix_attempts[(fix.split(" ")[0], check)] += 1
+        log.warning("incident %s: %s", inc.id, done)
+        self.store.save()
 
     def _trim(self) -> None:
         st = self.store.state

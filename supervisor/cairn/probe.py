@@ -1,4 +1,4 @@
-"""The node probe: CPU, load, memory, swap, disk, temperatures, GPUs; and the NixOS generation."""
+"""The node probe: CPU, load, memory, swap, disk, temperatures, GPUs; and the NixOS generations."""
 
 from __future__ import annotations
 

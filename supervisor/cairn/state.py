@@ -44,6 +44,7 @@ class Incident(msgspec.Struct):
     since: float  # Unix time
     detail: str
     closed: float | None = None
+    fix: str = ""  # the fix tied to it and whether it runs by itself, e.g. "restart (automatic)"
     fixes: list[str] = []  # what was tried, in order (the newest FIXES_KEPT)
 
 

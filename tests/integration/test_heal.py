@@ -65,6 +65,7 @@ def test_a_crashing_unit_walks_the_ladder_and_is_left_stopped(cluster_factory: A
     )
     (incident,) = [i for i in status(node)["incidents"] if i["subject"] == unit]
     assert incident["closed"] is None and incident["check"] == "unit-failed"
+    assert incident["fix"] == "restart (automatic)"
     fixes = " | ".join(incident["fixes"])
     assert "restarted" in fixes and "cooling down" in fixes and "reset-failed after" in fixes
     assert incident["fixes"][-1].endswith("start refused again after 2 resets this hour: gave up")

@@ -83,6 +83,12 @@ def gate(node: Any) -> dict[str, Any]:
     return doc
 
 
+def incidents(node: Any) -> list[dict[str, Any]]:
+    out = node.exec(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:8470/status"]).stdout
+    found: list[dict[str, Any]] = json.loads(out)["incidents"]
+    return found
+
+
 def running(node: Any) -> str:
     out: str = node.exec(["readlink", "/run/current-system"]).stdout.strip()
     return out
@@ -117,6 +123,16 @@ def test_a_failing_generation_rolls_back_and_a_healthy_one_is_confirmed(
     assert node.exec(["readlink", f"{PROFILES}/system"]).stdout.strip() == "system-1-link"
     assert node.exec(["curl", "-sS", "http://127.0.0.1:8080/"]).stdout == "ok\n"
     assert helper_runs(node) == 1
+    (incident,) = [i for i in incidents(node) if i["subject"] == "generation 2"]
+    assert (
+        incident["check"] == "generation-unconfirmed" and incident["fix"] == "rollback (automatic)"
+    )
+    assert incident["fixes"][-1].endswith("rollback to generation 1 (it failed its confirm window)")
+    wait_until(
+        lambda: all(i["closed"] for i in incidents(node) if i["subject"] == "generation 2"),
+        30,
+        what="the incident to close once generation 1 runs",
+    )
 
     switch(node, 3)
     wait_until(lambda: gate(node)["confirmed"] == [1, 3], WINDOW, what="generation 3 confirmed")

@@ -102,6 +102,8 @@ in
 INIT = """\
 #!/bin/sh
 /bin/busybox mount -t proc proc /proc
+# Late kernel messages would land in the middle of our line on the same console: quiet them.
+echo 1 > /proc/sys/kernel/printk
 echo "CMDLINE: $(/bin/busybox cat /proc/cmdline)"
 /bin/busybox poweroff -f
 """

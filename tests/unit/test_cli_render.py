@@ -66,6 +66,7 @@ def document() -> dict:
                 0.0,
                 "worker.service failed (start-limit-hit)",
                 None,
+                "restart (automatic)",
                 ["10:00:01 restarted", "10:00:09 gave up after 3 resets in an hour"],
             ),
             Incident("disk-full-1", "disk-full", "/var/lib/cairn", 0.0, "4.0% free", 60.0),
@@ -183,9 +184,10 @@ def test_renders_open_incidents_with_their_fixes_then_closed_ones() -> None:
     lines = render_incidents(document()["incidents"]).splitlines()
     assert lines[0].startswith("unit-failed-3  OPEN  since ")
     assert lines[0].endswith("worker.service: worker.service failed (start-limit-hit)")
-    assert lines[1:3] == [
+    assert lines[1:4] == [
+        "    fix: restart (automatic)",
         "    10:00:01 restarted",
         "    10:00:09 gave up after 3 resets in an hour",
     ]
-    assert lines[3].startswith("disk-full-1  closed") and len(lines) == 4
+    assert lines[4].startswith("disk-full-1  closed") and len(lines) == 5
     assert render_incidents([]) == "no incidents"
