@@ -54,7 +54,10 @@ DIGEST_EVERY_S = 1.0  # a changed digest goes out within this; an unchanged one 
 DIGEST_REFRESH_S = 30.0
 FIRST_PROBE_MAX_S = 1.0  # the first round comes soon, whatever the interval: readiness waits on it
 GATE_EVERY_S = 2.0  # how often the generation gate looks (a switch is seen within this)
-POWER_EVERY_S = 10.0  # how often an idle node asks whether it may suspend
+POWER_EVERY_S = 10.0
+SUSPEND_BACKOFF_S = (
+    600.0  # after a suspend that failed  # how often an idle node asks whether it may suspend
+)
 MODEL_WATCH_S = 1.0  # worker states change on notify; this only refreshes /health and readiness
 
 
@@ -88,6 +91,7 @@ class Supervisor:
         self.gate = Gate(
             self.store,
             config.heal.confirm_window,
+            self.identity.boot_id or "",
             self.probe.generation,
             self.critical_failing,
             self._start_rollback,
@@ -113,6 +117,7 @@ class Supervisor:
         self.inference.paused = self.thermal.paused_units
         self.power = "on"  # "suspended" while this node leaves the cluster to suspend
         self.mac = config.power.mac
+        self._suspend_again_at = 0.0
         self._digest_sent: tuple[bytes, float] = (b"", 0.0)
         self.snapshot: Snapshot | None = None
         self.probe_runs = 0
@@ -143,6 +148,7 @@ class Supervisor:
                 backoff=(min(1.0, heal.restart_backoff_max), heal.restart_backoff_max),
                 cooldown=heal.reset_cooldown,
                 resets_per_hour=heal.resets_per_hour,
+                hold=lambda unit: unit in self.inference.paused,
             )
             if self.systemd is not None
             else None
@@ -150,7 +156,9 @@ class Supervisor:
         watched = [*heal.critical_units, *(m.unit for m in models if systemd_workers)]
         checks: list[Check] = []
         if self.systemd is not None and watched:
-            must_run = frozenset(heal.critical_units)
+            # A critical unit that sleeps when idle must only not fail.
+            sleepable = {svc.unit for svc in self.config.sleep.services}
+            must_run = frozenset(heal.critical_units) - sleepable
             checks.append(UnitFailed(self.systemd, lambda: watched, ladder, must_run))
         if not systemd_workers and models:  # children restart themselves: only report
             checks.append(UnitFailed(self.inference.units, lambda: [m.unit for m in models], None))
@@ -327,8 +335,8 @@ class Supervisor:
         """Suspend when the cluster can do without this node; rejoin when it wakes."""
         assert self.cluster is not None and self.cluster.member is not None
         assert self.systemd is not None
-        if self.mac is None:
-            return  # nobody could wake it
+        if self.mac is None or time.monotonic() < self._suspend_again_at:
+            return  # nobody could wake it, or the last try failed a short while ago
         units = self.sleeper.units.values()
         last = max([self.inference.last_request, *(s.last_active for s in units)])
         ok, why = may_suspend(
@@ -341,6 +349,14 @@ class Supervisor:
         )
         if not ok:
             return
+        try:
+            if inhibitors := await self.systemd.sleep_inhibitors():
+                log.info("not suspending: sleep inhibited by %s", "; ".join(inhibitors))
+                return
+        except UnitError as err:
+            log.warning("not suspending: cannot read logind's inhibitors: %s", err)
+            self._suspend_again_at = time.monotonic() + SUSPEND_BACKOFF_S
+            return
         log.warning("suspending this node: %s", why)
         self.power = SUSPENDED
         await self.gossip_tick()  # the digest says so, and carries the MAC
@@ -348,7 +364,8 @@ class Supervisor:
         try:
             await self.systemd.start("suspend.target")  # the job ends once the machine resumed
         except UnitError as err:
-            log.error("could not suspend: %s", err)
+            log.error("could not suspend: %s; trying again in %.0f s", err, SUSPEND_BACKOFF_S)
+            self._suspend_again_at = time.monotonic() + SUSPEND_BACKOFF_S
         self.power = "on"
         self.cluster.member.resume()
         await self.gossip_tick()

@@ -25,6 +25,7 @@ from cairn.state import Rollback, State, Store, Window
 log = logging.getLogger(__name__)
 
 RETRY_ROLLBACK_S = 60.0  # a requested rollback that has not happened yet is asked again after
+ROLLBACK_ATTEMPTS = 3  # then it is abandoned (the failed generation stays bad)
 
 
 class GateError(CairnError):
@@ -57,6 +58,7 @@ class Gate:
         self,
         store: Store,
         window_s: float,
+        boot_id: str,
         read: Callable[[], tuple[Generations | None, str]],
         failing: Callable[[], Awaitable[list[str]]],
         rollback: Callable[[], Awaitable[None]],
@@ -64,6 +66,7 @@ class Gate:
     ) -> None:
         self.store = store
         self.window_s = window_s
+        self.boot_id = boot_id  # a window opened in another boot gets a fresh deadline
         self.read = read
         self.failing = failing
         self.rollback = rollback
@@ -73,7 +76,7 @@ class Gate:
         self.reason = "not read yet"  # why `generations` is None
         self.numbers: set[int] = set()
         self.status, self.detail = "unavailable", "not read yet"
-        self._lock = asyncio.Lock()
+        self._helpers: set[asyncio.Task[None]] = set()  # manual rollbacks under way
         # Told of every rollback asked (source generation, what and why): the incident record.
         self.on_rollback: Callable[[int, str], None] | None = None
 
@@ -112,25 +115,19 @@ class Gate:
 
     async def tick(self) -> None:
         """One look: confirm, keep waiting, or roll back."""
-        async with self._lock:
-            await self._tick()
-
-    async def _tick(self) -> None:
         cur = await self._read()
         if cur is None:
             return
         st, now = self.state, self.clock()
         if st.rollback is not None:
-            if cur == st.rollback.source:
+            if cur == st.rollback.source and cur not in st.confirmed:
                 self.status, self.detail = "rolling back", f"to generation {st.rollback.target}"
-                if now - st.rollback.requested >= RETRY_ROLLBACK_S:  # the helper never ran
-                    st.rollback = msgspec.structs.replace(st.rollback, requested=now)
-                    self._save()
-                    await self._ask_helper()
+                if now - st.rollback.requested >= RETRY_ROLLBACK_S:  # not done: ask once more
+                    await self._retry(st.rollback, now)
                 return
             if cur == st.rollback.target:
                 log.warning("rolled back from generation %d to %d", st.rollback.source, cur)
-            st.rollback = None  # done, or someone switched elsewhere meanwhile
+            st.rollback = None  # done, confirmed by hand, or switched elsewhere meanwhile
             self._save()
         if cur in st.confirmed:
             if st.window is not None:
@@ -142,10 +139,19 @@ class Gate:
             self.status, self.detail = "bad", "this generation failed its confirm window before"
             return
         if st.window is None or st.window.generation != cur:
-            st.window = Window(cur, now, now + self.window_s)
+            st.window = Window(cur, now, now + self.window_s, self.boot_id)
             self._save()
             log.info("generation %d is new: confirm window of %.0f s", cur, self.window_s)
+        elif st.window.boot_id != self.boot_id:
+            # The machine rebooted inside the window: the checks get a whole window again,
+            # not the rest of one that ran while it was down (or a clock that jumped at boot).
+            st.window = Window(cur, st.window.opened, now + self.window_s, self.boot_id)
+            self._save()
+            log.info("generation %d: rebooted in its window; %.0f s from now", cur, self.window_s)
+        window = st.window
         failing = await self.failing()
+        if self.current != cur or st.window is not window or st.rollback is not None:
+            return  # confirmed or rolled back by hand, or switched, while the checks ran
         if not failing:
             st.confirmed.append(cur)
             st.window = None
@@ -153,7 +159,8 @@ class Gate:
             self.status, self.detail = "confirmed", ""
             log.info("generation %d confirmed: every critical check passes", cur)
             return
-        left = st.window.deadline - now
+        now = self.clock()
+        left = window.deadline - now
         self.status, self.detail = "confirming", f"{left:.0f} s left; failing: {', '.join(failing)}"
         if left > 0:
             return
@@ -177,6 +184,24 @@ class Gate:
         )
         await self._ask_helper()
 
+    async def _retry(self, req: Rollback, now: float) -> None:
+        """The requested rollback has not happened: ask again, a bounded number of times."""
+        st = self.state
+        if req.attempts >= ROLLBACK_ATTEMPTS or req.target not in self.numbers:
+            why = (
+                f"generation {req.target} is gone"
+                if req.target not in self.numbers
+                else f"the helper did not switch after {req.attempts} tries"
+            )
+            log.error("rollback from %d to %d abandoned: %s", req.source, req.target, why)
+            st.rollback = None  # the generation stays marked bad: never rolled back again
+            self._save()
+            self.status, self.detail = "bad", f"rollback abandoned: {why}"
+            return
+        st.rollback = msgspec.structs.replace(req, requested=now, attempts=req.attempts + 1)
+        self._save()
+        await self._ask_helper()
+
     def _target(self, cur: int) -> int | None:
         """The newest confirmed generation that still exists, other than `cur`."""
         ok = [g for g in self.state.confirmed if g in self.numbers and g != cur]
@@ -195,41 +220,46 @@ class Gate:
     # --- by hand ---------------------------------------------------------------------------
 
     async def confirm(self) -> int:
-        """Confirm the running generation now; returns its number."""
-        async with self._lock:
-            cur = await self._read()
-            if cur is None:
-                raise GateError(f"no generation to confirm: {self.detail}")
-            st = self.state
-            if cur not in st.confirmed:
-                st.confirmed.append(cur)
-            if cur in st.bad:
-                st.bad.remove(cur)
-            st.window = None
-            self._save()
-            self.status, self.detail = "confirmed", "by hand"
-            log.info("generation %d confirmed by hand", cur)
-            return cur
+        """Confirm the running generation now (and drop a rollback asked for it)."""
+        cur = await self._read()
+        if cur is None:
+            raise GateError(f"no generation to confirm: {self.detail}")
+        st = self.state
+        if cur not in st.confirmed:
+            st.confirmed.append(cur)
+        if cur in st.bad:
+            st.bad.remove(cur)
+        if st.rollback is not None and st.rollback.source == cur:
+            st.rollback = None
+        st.window = None
+        self._save()
+        self.status, self.detail = "confirmed", "by hand"
+        log.info("generation %d confirmed by hand", cur)
+        return cur
 
     async def roll_back(self, target: int | None) -> int:
-        """Ask the helper to switch to `target` (default: the newest confirmed); returns it."""
-        async with self._lock:
-            cur = await self._read()
-            if cur is None:
-                raise GateError(f"cannot roll back: {self.detail}")
-            target = self._target(cur) if target is None else target
-            if target is None:
-                raise GateError("no confirmed generation to roll back to")
-            if target == cur:
-                raise GateError(f"generation {target} is the one running")
-            if target not in self.numbers:
-                raise GateError(f"generation {target} does not exist")
-            if target in self.state.bad:
-                raise GateError(f"generation {target} is marked bad")
-            self.state.rollback = Rollback(cur, target, self.clock(), manual=True)
-            self.state.window = None
-            self._save()
-            log.warning("rollback from generation %d to %d asked by hand", cur, target)
-            self.status, self.detail = "rolling back", f"to generation {target}"
-        await self._ask_helper()
+        """Ask the helper to switch to `target` (default: the newest confirmed); returns it.
+
+        The helper runs in the background: this returns once the request is saved.
+        """
+        cur = await self._read()
+        if cur is None:
+            raise GateError(f"cannot roll back: {self.detail}")
+        target = self._target(cur) if target is None else target
+        if target is None:
+            raise GateError("no confirmed generation to roll back to")
+        if target == cur:
+            raise GateError(f"generation {target} is the one running")
+        if target not in self.numbers:
+            raise GateError(f"generation {target} does not exist")
+        if target in self.state.bad:
+            raise GateError(f"generation {target} is marked bad")
+        self.state.rollback = Rollback(cur, target, self.clock(), manual=True)
+        self.state.window = None
+        self._save()
+        log.warning("rollback from generation %d to %d asked by hand", cur, target)
+        self.status, self.detail = "rolling back", f"to generation {target}"
+        task = asyncio.create_task(self._ask_helper())
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
         return target

@@ -93,8 +93,10 @@ class RestartLadder:
         cooldown: float = 60.0,
         resets_per_hour: int = 3,
         clock: Callable[[], float] = time.monotonic,
+        hold: Callable[[str], bool] = lambda _unit: False,
     ) -> None:
         self.units = units
+        self.hold = hold  # units to leave alone for now (the thermal guard's paused workers)
         self.backoff = backoff
         self.cooldown = cooldown
         self.resets_per_hour = resets_per_hour
@@ -112,7 +114,7 @@ class RestartLadder:
         """One step up the ladder, if one is due."""
         rung = self.rungs.setdefault(subject, _Rung(self.backoff[0]))
         now = self.clock()
-        if rung.gave_up or now < rung.next_at:
+        if rung.gave_up or now < rung.next_at or self.hold(subject):
             return None
         note = ""
         if rung.limit_since is not None:
@@ -186,17 +188,21 @@ class UnitFailed:
         for unit in self.watched():
             try:
                 st = await self.units.state(unit)
-                info = await self.units.service_info(unit)
+                service = unit.endswith(".service")  # sockets have no Result or NRestarts
+                info = await self.units.service_info(unit) if service else None
             except UnitError as err:
                 out.append(Finding(unit, str(err)))
                 continue
-            seen = self._restarts.setdefault(unit, deque())
-            seen.append((now, info.restarts))
-            while seen and now - seen[0][0] > FLAP_WINDOW_S:
-                seen.popleft()
-            recent = info.restarts - seen[0][1]
+            recent = 0
+            if info is not None:
+                seen = self._restarts.setdefault(unit, deque())
+                seen.append((now, info.restarts))
+                while seen and now - seen[0][0] > FLAP_WINDOW_S:
+                    seen.popleft()
+                recent = info.restarts - seen[0][1]
             if st.active == "failed":
-                out.append(Finding(unit, f"{unit} failed ({info.result})"))
+                result = f" ({info.result})" if info is not None else ""
+                out.append(Finding(unit, f"{unit} failed{result}"))
             elif unit in self.must_run and not st.running:
                 out.append(Finding(unit, f"{unit} is {st.active}, and it must run"))
             elif recent >= FLAP_RESTARTS:

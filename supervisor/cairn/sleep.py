@@ -25,9 +25,10 @@ from cairn.units import UnitError, Units, UnitState
 
 log = logging.getLogger(__name__)
 
+STOP_TIMEOUT_S = 120.0  # a stop that takes longer is given up on (systemd goes on with it)
 WAKE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 PROC_NET = Path("/proc/net")
-TCP_ESTABLISHED, TCP_TIME_WAIT = "01", "06"
+TCP_ESTABLISHED, TCP_TIME_WAIT, TCP_CLOSE_WAIT = "01", "06", "08"
 UNIX_CONNECTING, UNIX_CONNECTED = "02", "03"
 
 
@@ -95,7 +96,9 @@ class Sleepable:
     wake_latency: Buckets = field(default_factory=lambda: Buckets(WAKE_BUCKETS))
     listen: list[tuple[str, str]] = field(default_factory=list)
     time_wait: set[str] = field(default_factory=set)
-    transition: asyncio.Lock = field(default_factory=asyncio.Lock)
+    transition: asyncio.Lock = field(default_factory=asyncio.Lock)  # one start or stop at once
+    stopping: bool = False  # a stop is under way: a new request must wake it again, not use it
+    probing: int = 0  # health requests in flight: a stop waits for the next round
     _waking_since: float | None = None
 
     @property
@@ -220,17 +223,21 @@ class Sleeper:
     async def sleep(self, s: Sleepable, reason: str) -> None:
         """Stop the unit unless something began to use it meanwhile."""
         async with s.transition:
-            if s.busy or s.phase is not Phase.AWAKE:
+            if s.busy or s.probing or s.phase is not Phase.AWAKE:
                 return
             log.info(
                 "%s idle for %.0f s: sleeping (%s)", s.unit, self.clock() - s.last_active, reason
             )
+            s.stopping = True
             try:
-                await s.units.stop(s.unit)
-                s.state = await s.units.state(s.unit)
-            except UnitError as err:
-                log.warning("could not put %s to sleep: %s", s.unit, err)
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await s.units.stop(s.unit)
+                    s.state = await s.units.state(s.unit)
+            except (UnitError, TimeoutError) as err:
+                log.warning("could not put %s to sleep: %s", s.unit, err or "timed out")
                 return
+            finally:
+                s.stopping = False
             s.sleeps[reason] = s.sleeps.get(reason, 0) + 1
 
     def _count_connections(self, s: Sleepable, now: float) -> None:
@@ -285,27 +292,32 @@ def _port(address: str) -> int | None:
 def connections(listen: list[tuple[str, str]], proc: Path = PROC_NET) -> tuple[int, set[str]]:
     """Open (and queued) connections to these listening addresses, and the recently closed.
 
-    TCP: established sockets whose local port is a listening port (accepted or still in the
-    accept queue), and the identities of those in TIME_WAIT on either end (a new one means a
-    connection closed since the last look; a remote client that closes first leaves its
-    TIME_WAIT on its own machine, so a connection that opens and closes between two looks can
-    go unseen). Unix: sockets connected at a listening path.
+    TCP: sockets whose local port is a listening port, established (accepted, or still in the
+    accept queue) or in CLOSE_WAIT (the client is done sending, the answer is not); and the
+    identities of those in TIME_WAIT, at the service's end or at a client's end on this machine
+    (a new one means a connection closed since the last look; a remote client that closes
+    first keeps its TIME_WAIT, so a connection that opens and closes between two looks can go
+    unseen). Unix: sockets connected at a listening path.
     """
     ports = {p for kind, a in listen if kind == "Stream" and (p := _port(a)) is not None}
     paths = {a for kind, a in listen if kind == "Stream" and a.startswith("/")}
     busy, closed = 0, set()
     if ports:
         for name in ("tcp", "tcp6"):
+            rows: list[list[str]] = []
             with contextlib.suppress(FileNotFoundError):
-                for line in (proc / name).read_text().splitlines()[1:]:
-                    f = line.split()
-                    local, remote, st = f[1], f[2], f[3]
-                    served = int(local.rsplit(":", 1)[1], 16) in ports
-                    if st == TCP_ESTABLISHED and served:  # accepted, or waiting to be
-                        busy += 1
-                    elif st == TCP_TIME_WAIT and (
-                        served or int(remote.rsplit(":", 1)[1], 16) in ports  # a local client's
-                    ):
+                rows = [line.split() for line in (proc / name).read_text().splitlines()[1:]]
+            # Every socket's local address is one of this machine's: that tells a local
+            # client's end from a connection this machine made to someone else's port 80.
+            here = {f[1].rsplit(":", 1)[0] for f in rows}
+            for f in rows:
+                local, remote, st = f[1], f[2], f[3]
+                served = int(local.rsplit(":", 1)[1], 16) in ports
+                if st in (TCP_ESTABLISHED, TCP_CLOSE_WAIT) and served:
+                    busy += 1
+                elif st == TCP_TIME_WAIT:
+                    addr, port = remote.rsplit(":", 1)
+                    if served or (int(port, 16) in ports and addr in here):
                         closed.add(f"{local}>{remote}")
     if paths:
         with contextlib.suppress(FileNotFoundError):

@@ -24,6 +24,7 @@ class Window(msgspec.Struct, frozen=True):
     generation: int
     opened: float
     deadline: float
+    boot_id: str = ""  # the boot it was opened in
 
 
 class Rollback(msgspec.Struct, frozen=True):
@@ -33,6 +34,7 @@ class Rollback(msgspec.Struct, frozen=True):
     target: int
     requested: float  # Unix time
     manual: bool = False
+    attempts: int = 1  # times the helper was asked
 
 
 class Incident(msgspec.Struct):

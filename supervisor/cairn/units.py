@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import logging
 import threading
@@ -23,6 +24,7 @@ SERVICE = "org.freedesktop.systemd1.Service"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 CALL_TIMEOUT_MS = 25_000  # the D-Bus default; a start job is waited for separately
 FINISHED_KEPT = 512  # JobRemoved results kept for callers whose reply came after the signal
+JOB_WAIT_S = 900.0  # no job waits longer (a worker's start is bounded well below by its unit)
 
 
 class UnitError(CairnError):
@@ -190,14 +192,14 @@ class SystemdUnits:
         self._loop.call_soon_threadsafe(self._job_done, str(job), str(unit), str(result))
 
     def _job_done(self, job: str, unit: str, result: str) -> None:
-        fut = self._jobs.pop(job, None)
-        if fut is not None:
-            if not fut.done():
-                fut.set_result(result)
-            return
-        self._finished[job] = result  # the caller's reply has not come back yet
+        # Kept even when someone waits: systemd merges a second request for the same unit into
+        # the running job and returns its path, and that caller's reply may come after this.
+        self._finished[job] = result
         while len(self._finished) > FINISHED_KEPT:
             self._finished.popitem(last=False)
+        fut = self._jobs.pop(job, None)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
 
     def _on_properties(self, _sender: str, path: str, _iface: str, _sig: str, params: Any) -> None:
         _iface_name, changed, _invalidated = params
@@ -265,11 +267,19 @@ class SystemdUnits:
         (job,) = await self._run(
             lambda: self._call(MANAGER_PATH, MANAGER, method, args, "(o)"), f"{verb} {unit}"
         )
-        result = self._finished.pop(job, None)
+        result = self._finished.get(job)
         if result is None:
             assert self._loop is not None
-            fut = self._jobs[job] = self._loop.create_future()
-            result = await fut
+            # One future per job, shared by every caller that got this job path.
+            fut = self._jobs.get(job)
+            if fut is None:
+                fut = self._jobs[job] = self._loop.create_future()
+            try:
+                result = await asyncio.wait_for(asyncio.shield(fut), JOB_WAIT_S)
+            except TimeoutError:
+                raise UnitError(
+                    f"{verb} {unit}: no end of job {job} after {JOB_WAIT_S:g} s"
+                ) from None
         if result != "done":
             raise JobFailed(unit, verb, result)
 
@@ -347,6 +357,29 @@ class SystemdUnits:
             int(props["NRestarts"]),
             int(props["ExecMainStartTimestampMonotonic"]),
         )
+
+    async def sleep_inhibitors(self) -> builtins.list[str]:
+        """Who holds a logind lock that blocks sleep ("who: why"); suspend.target ignores them."""
+
+        def call() -> Any:
+            return self._bus.con.call_sync(
+                "org.freedesktop.login1",
+                "/org/freedesktop/login1",
+                "org.freedesktop.login1.Manager",
+                "ListInhibitors",
+                None,
+                None,
+                0,
+                CALL_TIMEOUT_MS,
+                None,
+            ).unpack()
+
+        (rows,) = await self._run(call, "list logind inhibitors")
+        return [
+            f"{who}: {why}"
+            for what, who, why, mode, _uid, _pid in rows
+            if "sleep" in what.split(":") and mode == "block"
+        ]
 
     async def timestamps(self, unit: str) -> tuple[int, int]:
         """(InactiveExitTimestampMonotonic, ActiveEnterTimestampMonotonic) in microseconds."""

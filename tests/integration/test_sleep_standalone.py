@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from cairn import config
 from cairn.inference import demo_gguf
@@ -119,3 +121,29 @@ async def test_memory_pressure_sleeps_the_least_recently_used_first(
         await sleeper.tick()
         assert [now(s) for s in (a, b, c)] == [Phase.ASLEEP, Phase.ASLEEP, Phase.AWAKE]
         assert a.sleeps == b.sleeps == {"memory": 1} and c.sleeps == {}
+
+
+async def test_a_request_that_comes_while_the_worker_stops_wakes_it_again(
+    tmp_path: Path, meminfo: Path
+) -> None:
+    inf = inference(tmp_path, "a")
+    clock = Clock()
+    app = web.Application()
+    inf.add_routes(app)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        async with running(inf, clock, meminfo) as sleeper:
+            a = sleeper.units["cairn-model@a.service"]
+            clock.t += TTL
+            stop = asyncio.create_task(sleeper.tick())
+            async with asyncio.timeout(10):
+                while not a.stopping:
+                    await asyncio.sleep(0.005)
+            body = {"model": "a", "prompt": "hi", "max_tokens": 2}
+            resp = await client.post("/v1/completions", json=body)  # waits for the stop
+            assert resp.status == 200, await resp.text()
+            await stop
+            assert a.sleeps == {"idle": 1} and a.wakes == 1 and now(a) is Phase.AWAKE
+    finally:
+        await client.close()

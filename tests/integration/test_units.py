@@ -64,6 +64,10 @@ def test_jobs_signals_and_counters(cluster_factory: Any) -> None:
             assert (await units.state("slow.service")).active == "active"
             await units.stop("slow.service")
             await _until(lambda: seen[-1].active == "inactive")
+            # Two starts at once are merged by systemd into one job: both callers hear its end.
+            async with asyncio.timeout(10):
+                await asyncio.gather(units.start("slow.service"), units.start("slow.service"))
+            await units.stop("slow.service")
             assert (await units.state("slow.service")).active == "inactive"
 
             with pytest.raises(JobFailed) as failed:
@@ -82,6 +86,16 @@ def test_jobs_signals_and_counters(cluster_factory: Any) -> None:
             counters = await units.socket_counters("echo.socket")
             assert counters.accepted == 1
             assert counters.listen == [("Stream", "127.0.0.1:7000")]
+            # logind's sleep locks, which starting suspend.target would ignore.
+            assert await units.sleep_inhibitors() == []
+            node.exec(["systemd-run", "--unit=inhibitor", "systemd-inhibit", "--what=sleep",
+                       "--who=backup", "--why=copying", "sleep", "60"])  # fmt: skip
+            await _until(lambda: node.unit("inhibitor.service").ActiveState == "active")
+            async with asyncio.timeout(10):
+                while not (held := await units.sleep_inhibitors()):
+                    await asyncio.sleep(0.1)
+            assert held == ["backup: copying"]
+
             await units.start("slow.service")
             listed = await units.list(["echo.socket", "slow.*"])
             assert [(u.name, u.active) for u in listed] == [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from pathlib import Path
@@ -62,6 +63,8 @@ class World:
         self.now = 1000.0
         self.failing: list[str] = []
         self.helper_runs = 0
+        self.boot = "boot-1"
+        self.helper_works = True
 
     def gate(self) -> Gate:
         """A fresh gate from the state on disk: what a restarted supervisor builds."""
@@ -71,10 +74,11 @@ class World:
 
         async def helper() -> None:
             self.helper_runs += 1
-            rollback.run(self.file, self.layout.profiles)
+            if self.helper_works:
+                rollback.run(self.file, self.layout.profiles)
 
         store = Store(self.file)
-        return Gate(store, WINDOW, self.layout.read, failing, helper, lambda: self.now)
+        return Gate(store, WINDOW, self.boot, self.layout.read, failing, helper, lambda: self.now)
 
 
 @pytest.fixture
@@ -180,7 +184,79 @@ async def test_manual_confirm_and_rollback(world: World) -> None:
     with pytest.raises(GateError, match="does not exist"):
         await gate.roll_back(9)
     assert await gate.roll_back(None) == 1
+    await asyncio.gather(*gate._helpers)  # the helper runs in the background
     assert world.layout.switches()[-1] == 1
+
+
+async def test_confirming_by_hand_drops_a_pending_rollback(world: World) -> None:
+    gate = world.gate()
+    await gate.tick()
+    world.layout.switch(2)
+    world.failing = ["worker.service is failed"]
+    world.helper_works = False  # the helper is slow, or broken
+    await gate.tick()
+    world.now += WINDOW
+    await gate.tick()
+    assert world.helper_runs == 1 and gate.state.rollback is not None
+    assert await gate.confirm() == 2  # the operator knows better
+    world.now += 10 * 60
+    await gate.tick()
+    assert world.helper_runs == 1 and gate.view().rollback is None and gate.status == "confirmed"
+
+
+async def test_a_reboot_inside_the_window_gives_a_whole_window_again(world: World) -> None:
+    await world.gate().tick()
+    world.layout.switch(2)
+    world.failing = ["no peer reachable"]  # as right after a boot
+    await world.gate().tick()
+    world.now += WINDOW + 5  # the machine was down past the deadline
+    world.boot = "boot-2"
+    gate = world.gate()
+    await gate.tick()
+    assert world.helper_runs == 0 and gate.status == "confirming"
+    assert gate.state.window is not None and gate.state.window.deadline == world.now + WINDOW
+    world.failing = []
+    await gate.tick()
+    assert gate.view().confirmed == [1, 2]
+
+
+async def test_a_rollback_that_never_happens_is_abandoned_after_three_tries(world: World) -> None:
+    gate = world.gate()
+    await gate.tick()
+    world.layout.switch(2)
+    world.failing = ["worker.service is failed"]
+    world.helper_works = False
+    await gate.tick()
+    world.now += WINDOW
+    await gate.tick()
+    for _ in range(10):
+        world.now += 61
+        await gate.tick()
+    assert world.helper_runs == 3
+    assert gate.status == "bad" and gate.view().rollback is None and gate.view().bad == [2]
+
+
+async def test_a_confirm_while_the_checks_run_wins(world: World) -> None:
+    gate = world.gate()
+    await gate.tick()
+    world.layout.switch(2)
+    world.failing = ["slow"]
+    await gate.tick()
+    world.now += WINDOW  # the next look would roll back...
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_checks() -> list[str]:
+        started.set()
+        await release.wait()
+        return ["worker.service is failed"]
+
+    gate.failing = slow_checks
+    tick = asyncio.create_task(gate.tick())
+    await started.wait()
+    await gate.confirm()  # ...but the operator confirms while the checks run
+    release.set()
+    await tick
+    assert world.helper_runs == 0 and gate.view().confirmed == [1, 2] and gate.view().bad == []
 
 
 def test_the_helper_refuses_what_is_not_an_existing_good_generation(world: World) -> None:

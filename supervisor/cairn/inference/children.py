@@ -40,6 +40,7 @@ class ChildWorker:
         self.reason = ""
         self.pid: int | None = None
         self.starts = 0
+        self.respawns = 0  # starts after a failure (waking from sleep is not one)
         self.ready = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
         self._notify: socket.socket | None = None
@@ -102,6 +103,7 @@ class ChildWorker:
             )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+            self.respawns += 1
 
     def stopping(self) -> bool:
         """True once stop() was called."""
@@ -259,9 +261,7 @@ class ChildUnits:
         """Whether the child last failed, and how often it was respawned."""
         child = self._child(unit)
         failed = child.state == "failed"
-        return ServiceInfo(
-            "exit-code" if failed else "success", max(0, child.starts - 1), child.starts
-        )
+        return ServiceInfo("exit-code" if failed else "success", child.respawns, child.starts)
 
     def watch(self, fn: Watcher) -> None:
         """Call `fn` on every state change of a child."""

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,11 +168,10 @@ class Inference:
         """Refresh each awake worker's /health; never wakes one, nor counts as its use."""
         for m in self.models.values():
             up = m.child.state == "ready" if m.child else m.phase is Phase.AWAKE
-            lock = m.sleepable.transition if m.sleepable else None
-            if not up or (lock is not None and lock.locked()):  # asleep, or being put to sleep
+            if not up or not _ready(m):  # asleep, or being put to sleep
                 m.health = None
                 continue
-            async with lock or contextlib.nullcontext():
+            with _probing(m):
                 try:
                     async with m.session.get(
                         "http://worker/health",
@@ -305,10 +305,9 @@ class Inference:
         try:
             why = await self._wake(model)
         finally:
-            if keepalive is not None:
+            if keepalive is not None:  # it may also have ended on its own: the client left
                 keepalive.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keepalive
+                await asyncio.gather(keepalive, return_exceptions=True)
         if why:
             if resp is None:
                 return _unavailable(model.cfg.name, why)
@@ -336,12 +335,18 @@ class Inference:
         not use, so it never keeps a worker from sleeping.
         """
         model = self.models[name]
+        if model.unit in self.paused:
+            return ""  # stopped while the GPU cools: not this check's business
         if not wake:
-            lock = model.sleepable.transition if model.sleepable else None
-            if not _ready(model) or (lock is not None and lock.locked()):
+            up = model.child.state == "ready" if model.child else model.phase is Phase.AWAKE
+            if not up or not _ready(model):
                 return ""  # asleep, or being put to sleep: nothing to ask
-            async with lock or contextlib.nullcontext():
-                return await self._ask(model)
+            with _probing(model):
+                why = await self._ask(model)
+            stats = (model.health or {}).get("stats", {})
+            if why and (stats.get("active") or stats.get("queued")):
+                return ""  # slow because it is busy, not hung
+            return why
         if self.sleeper is not None:
             self.sleeper.begin(model.unit)
         try:
@@ -450,6 +455,10 @@ class Inference:
             ) as upstream:
                 return await self._relay(request, upstream, resp)
         except (aiohttp.ClientConnectionError, OSError) as err:
+            if resp is not None:  # our own event stream (a wake was announced): say what failed
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await _sse_error(resp, 503, f"model '{model.cfg.name}' is unavailable: {err}")
+                return resp
             if (started := _started(request)) is not None:  # a side hung up mid-stream
                 log.info("stream of %s ended early: %s", model.cfg.name, err)
                 return started
@@ -466,9 +475,24 @@ class Inference:
 
 def _ready(model: Model) -> bool:
     """Whether the worker can take a request now (else it has to be woken, or waited for)."""
+    if model.sleepable is not None and model.sleepable.stopping:
+        return False  # going to sleep: the request waits for the stop, then wakes it
     if model.child is not None:
         return model.child.state == "ready"
     return model.phase in (Phase.AWAKE, Phase.UNKNOWN)
+
+
+@contextlib.contextmanager
+def _probing(model: Model) -> Iterator[None]:
+    """A health request in flight: the sleeper does not stop the worker meanwhile."""
+    s = model.sleepable
+    if s is not None:
+        s.probing += 1
+    try:
+        yield
+    finally:
+        if s is not None:
+            s.probing -= 1
 
 
 def _unavailable(name: str, why: str) -> web.Response:
