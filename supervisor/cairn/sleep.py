@@ -98,7 +98,27 @@ class Sleepable:
     time_wait: set[str] = field(default_factory=set)
     transition: asyncio.Lock = field(default_factory=asyncio.Lock)  # one start or stop at once
     stopping: bool = False  # a stop is under way: a new request must wake it again, not use it
-    probing: int = 0  # health requests in flight: a stop waits for the next round
+    probing: int = 0  # health requests in flight: a stop lets them finish first
+    no_probes: asyncio.Event = field(default_factory=asyncio.Event)  # set while probing == 0
+
+    def __post_init__(self) -> None:
+        self.no_probes.set()
+
+    def in_use(self) -> bool:
+        """Whether a request (model) or a connection (service) is open now."""
+        return self.busy > 0
+
+    def probe_began(self) -> None:
+        """A health request to it is under way."""
+        self.probing += 1
+        self.no_probes.clear()
+
+    def probe_ended(self) -> None:
+        """That health request is over."""
+        self.probing -= 1
+        if not self.probing:
+            self.no_probes.set()
+
     _waking_since: float | None = None
 
     @property
@@ -223,14 +243,20 @@ class Sleeper:
     async def sleep(self, s: Sleepable, reason: str) -> None:
         """Stop the unit unless something began to use it meanwhile."""
         async with s.transition:
-            if s.busy or s.probing or s.phase is not Phase.AWAKE:
+            if s.busy or s.phase is not Phase.AWAKE:
                 return
-            log.info(
-                "%s idle for %.0f s: sleeping (%s)", s.unit, self.clock() - s.last_active, reason
-            )
-            s.stopping = True
+            s.stopping = True  # from here on no new health request starts, requests wait
             try:
                 async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await s.no_probes.wait()  # the health requests under way finish first
+                    if s.in_use():  # a request came meanwhile: it finds the worker awake
+                        return
+                    log.info(
+                        "%s idle for %.0f s: sleeping (%s)",
+                        s.unit,
+                        self.clock() - s.last_active,
+                        reason,
+                    )
                     await s.units.stop(s.unit)
                     s.state = await s.units.state(s.unit)
             except (UnitError, TimeoutError) as err:

@@ -99,6 +99,7 @@ def test_dashboard_renders_status_tables(start_node: Callable[..., Node], tmp_pa
     assert tables["generations"][0][0].startswith("unavailable: ")
     assert tables["cluster"] == [["standalone: gossip is off"]]
     assert tables["sleep"] == [["nothing sleeps here"]]
+    assert tables["incidents"] == [["no incidents"]]
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
@@ -137,13 +138,17 @@ def test_dashboard_shows_the_cluster(start_node: Callable[..., Node], tmp_path: 
     chromium(f"--screenshot={ARTIFACTS / 'dashboard-cluster.png'}", node.url + "/", tmp=tmp_path)
 
 
-def test_dashboard_shows_a_sleeping_worker(start_node: Callable[..., Node], tmp_path: Path) -> None:
+def test_dashboard_shows_a_sleeping_worker_and_an_incident(
+    start_node: Callable[..., Node], tmp_path: Path
+) -> None:
     model = demo_gguf.write_tiny_llama(tmp_path / "tiny.gguf")
     sockets = tempfile.mkdtemp(prefix="cs-", dir="/tmp")  # unix socket paths must stay short
     node = start_node(
         probe_interval=0.5,
         inference={"socket_dir": sockets},
         models=[{"name": "tiny", "path": str(model), "kind": "gguf", "idle_ttl": 1}],
+        # More than any machine has: the memory check opens an incident at once.
+        heal={"interval": 0.5, "memory_min_mb": 1 << 30},
     )
     wait_for(
         lambda: node.get("/status").json()["sleep"][0]["sleeps"] == {"idle": 1},
@@ -156,6 +161,9 @@ def test_dashboard_shows_a_sleeping_worker(start_node: Callable[..., Node], tmp_
     assert row[:3] == ["cairn-model@tiny.service", "model", "asleep"]
     assert row[5] == "0m 1s" and row[6] == "1 idle"
     assert parser.tables["models"][0][2].startswith("asleep")
+    (incident,) = parser.tables["incidents"]
+    assert incident[:2] == ["memory-low-1", "open"] and incident[3] == "memory"
+    assert incident[4].endswith("MiB available, below 1073741824")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     chromium(f"--screenshot={ARTIFACTS / 'dashboard-sleep.png'}", node.url + "/", tmp=tmp_path)
     shutil.rmtree(sockets, ignore_errors=True)

@@ -484,15 +484,15 @@ def _ready(model: Model) -> bool:
 
 @contextlib.contextmanager
 def _probing(model: Model) -> Iterator[None]:
-    """A health request in flight: the sleeper does not stop the worker meanwhile."""
+    """A health request in flight: the sleeper lets it finish before stopping the worker."""
     s = model.sleepable
     if s is not None:
-        s.probing += 1
+        s.probe_began()
     try:
         yield
     finally:
         if s is not None:
-            s.probing -= 1
+            s.probe_ended()
 
 
 def _unavailable(name: str, why: str) -> web.Response:
