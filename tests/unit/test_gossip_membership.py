@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from cairn.gossip.keyring import Keyring
 from cairn.gossip.membership import Membership
-from cairn.gossip.messages import Alive, Dead, MemberState, Suspect
+from cairn.gossip.messages import Alive, Dead, MemberState, Ping, Suspect, decode_packet
 from cairn.gossip.profiles import TIMINGS, Profile, suspicion_remaining
-from cairn.gossip.sim import SimNetwork
+from cairn.gossip.sim import SIM_KEY, SimNetwork
 
 LAN = TIMINGS[Profile.LAN]
 ALIVE, SUSPECT, DEAD, LEFT = MemberState
@@ -145,6 +146,25 @@ def test_a_node_reachable_only_over_tcp_is_never_suspected() -> None:
     # Its own probes fail the same way; the others stay alive in its eyes too.
     assert all(net.view("n3", n.name) is ALIVE for n in net.live() if n is not walled)
     assert sum(n.member.stats.suspicions for n in net.live()) == suspicions
+
+
+def test_a_lost_ping_is_sent_again_before_anyone_else_is_asked() -> None:
+    net = cluster(2)  # no one to ask for an indirect probe
+    n0 = net.nodes["n0"].member
+    lost = [0]
+
+    def drop_the_first_ping(src: str, dst: str, data: bytes) -> bool:
+        if src != "n0" or dst != "n1" or lost[0]:
+            return False
+        packet = decode_packet(Keyring([SIM_KEY], "sim").open(data)[2])
+        lost[0] = any(isinstance(m, Ping) for m in packet.messages)
+        return bool(lost[0])
+
+    net.drop = drop_the_first_ping
+    net.run(LAN.probe_interval * 3)
+    assert lost[0] == 1
+    # The second direct ping got its ack over UDP: no TCP fallback, no suspicion.
+    assert n0.stats.tcp_acks == 0 and n0.stats.suspicions == 0
 
 
 def test_a_stale_accusation_does_not_make_a_node_refute_again(node: Membership) -> None:

@@ -311,6 +311,7 @@ class Membership:
             asked.extend(self.rng.sample(peers, min(self.timing.indirect_checks, len(peers))))
             for p in asked:
                 self._send(p.addr, [IndirectPing(seq, m.name, m.host, m.port)])
+            self._send(m.addr, [Ping(seq, m.name)])  # and once more directly: loss is independent
             # memberlist's fallback: the same probe over TCP, due by the end of this probe.
             ping = self._seal(StreamPing(self.name, seq, m.name))
             self.transport.exchange(m.addr, ping, on_stream, sent + interval - self.clock.now())

@@ -146,6 +146,8 @@ class SimNetwork:
         self.nodes: dict[str, SimNode] = {}
         self.by_addr: dict[Addr, SimNode] = {}
         self.blocked: set[frozenset[str]] = set()
+        # Tests may drop chosen datagrams: (source, destination, sealed bytes) -> drop it?
+        self.drop: Callable[[str, str, bytes], bool] | None = None
         self.packets = 0
 
     # --- building -------------------------------------------------------------------------
@@ -238,7 +240,11 @@ class SimNetwork:
         if self._cut(src, dst) or self.rng.random() < self.loss:
             return
         assert dst is not None
-        if src.udp_down or dst.udp_down:
+        if (
+            src.udp_down
+            or dst.udp_down
+            or (self.drop is not None and self.drop(src.name, dst.name, data))
+        ):
             return
         if dst.recv_loss and self.rng.random() < dst.recv_loss:
             return
