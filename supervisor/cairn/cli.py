@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,14 @@ def _fmt_bytes(n: float) -> str:
 def _table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> str:
+    """Rows (the first one the header) as left-aligned columns."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 def _gpu_line(g: dict[str, Any]) -> str:
@@ -204,9 +212,7 @@ def render_generations(doc: dict[str, Any]) -> str:
             if on
         ]
         rows.append((str(g["number"]), g["created"][:19].replace("T", " "), " ".join(flags) or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join([head, *lines])
+    return "\n".join([head, _columns(rows)])
 
 
 def render_incidents(incidents: list[dict[str, Any]]) -> str:
@@ -246,10 +252,7 @@ def render_units(units: list[dict[str, Any]]) -> str:
                 "-" if last is None else f"{last:.2f} s",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
+    return _columns(rows)
 
 
 def _fetch_status(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -98,11 +98,7 @@ class Supervisor:
         )
         self.ladder, self.healer = self._healer()
         self.gate.on_rollback = lambda generation, done: self.healer.record(
-            Unconfirmed.name,
-            f"generation {generation}",
-            self.gate.detail,
-            done,
-            "rollback (automatic)",
+            Unconfirmed.name, f"generation {generation}", self.gate.detail, "rollback", done
         )
         gpu_units = [m.unit for m in self.inference.models.values() if m.cfg.gpu_layers > 0]
         heal = config.heal

@@ -359,58 +359,55 @@ class Healer:
             self.store.save()
 
     async def _apply(self, check: Check, found: dict[str, Finding]) -> bool:
-        st, now, changed = self.store.state, self.clock(), False
+        changed = False
         current = {i.subject: i for i in self.open() if i.check == check.name}
+        fix = check.fix
         for subject, finding in found.items():
             inc = current.get(subject)
             if inc is None:
-                st.incident_seq += 1
-                fix = check.fix
-                how = (
-                    ""
-                    if fix is None
-                    else f"{fix.name} ({'automatic' if fix.automatic else 'manual'})"
-                )
-                inc = Incident(
-                    f"{check.name}-{st.incident_seq}", check.name, subject, now, "", fix=how
-                )
-                st.incidents.append(inc)
-                log.warning("incident %s opened: %s", inc.id, finding.detail)
-            if inc.detail != finding.detail:
+                inc, changed = self._open_incident(check.name, subject, finding.detail, fix), True
+            elif inc.detail != finding.detail:
                 inc.detail, changed = finding.detail, True
-            fix = check.fix
             if fix is not None and fix.automatic:
                 try:
                     done = await fix.attempt(subject)
                 except UnitError as err:
                     done = f"{fix.name} failed: {err}"
                 if done is not None:
-                    self.fix_attempts[(fix.name, check.name)] += 1
-                    inc.fixes = [*inc.fixes, f"{time.strftime('%H:%M:%S')} {done}"][-FIXES_KEPT:]
-                    log.warning("incident %s: %s %s: %s", inc.id, fix.name, subject, done)
+                    self._note(inc, fix.name, f"{fix.name} {subject}: {done}", done)
                     changed = True
+        now = self.clock()
         for subject, inc in current.items():
             if subject not in found:
                 inc.closed, changed = now, True
                 log.info("incident %s resolved: %s", inc.id, subject)
-                if check.fix is not None:
-                    check.fix.resolved(subject)
+                if fix is not None:
+                    fix.resolved(subject)
         return changed
 
-    def record(self, check: str, subject: str, detail: str, done: str, fix: str) -> None:
-        """A fix that ran outside the rounds (the gate's rollback): into its incident."""
-        st = self.store.state
+    def record(self, check: str, subject: str, detail: str, fix: str, done: str) -> None:
+        """An automatic fix that ran outside the rounds (the gate's rollback): into its incident."""
         inc = next((i for i in self.open() if i.check == check and i.subject == subject), None)
         if inc is None:
-            st.incident_seq += 1
-            inc = Incident(f"{check}-{st.incident_seq}", check, subject, self.clock(), detail)
-            st.incidents.append(inc)
-            log.warning("incident %s opened: %s", inc.id, detail)
-        inc.fix = fix
-        inc.fixes = [*inc.fixes, f"{time.strftime('%H:%M:%S')} {done}"][-FIXES_KEPT:]
-        self.fix_attempts[(fix.split(" ")[0], check)] += 1
-        log.warning("incident %s: %s", inc.id, done)
+            inc = self._open_incident(check, subject, detail, None)
+        inc.fix = f"{fix} (automatic)"
+        self._note(inc, fix, done, done)
         self.store.save()
+
+    def _open_incident(self, check: str, subject: str, detail: str, fix: Fix | None) -> Incident:
+        st = self.store.state
+        st.incident_seq += 1
+        how = "" if fix is None else f"{fix.name} ({'automatic' if fix.automatic else 'manual'})"
+        inc = Incident(f"{check}-{st.incident_seq}", check, subject, self.clock(), detail, fix=how)
+        st.incidents.append(inc)
+        log.warning("incident %s opened: %s", inc.id, detail)
+        return inc
+
+    def _note(self, inc: Incident, fix: str, what: str, done: str) -> None:
+        """One fix attempt: counted, logged, and kept in the incident (the newest FIXES_KEPT)."""
+        self.fix_attempts[(fix, inc.check)] += 1
+        inc.fixes = [*inc.fixes, f"{time.strftime('%H:%M:%S')} {done}"][-FIXES_KEPT:]
+        log.warning("incident %s: %s", inc.id, what)
 
     def _trim(self) -> None:
         st = self.store.state

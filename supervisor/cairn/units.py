@@ -380,10 +380,3 @@ class SystemdUnits:
             for what, who, why, mode, _uid, _pid in rows
             if "sleep" in what.split(":") and mode == "block"
         ]
-
-    async def timestamps(self, unit: str) -> tuple[int, int]:
-        """(InactiveExitTimestampMonotonic, ActiveEnterTimestampMonotonic) in microseconds."""
-        props = await self._run(lambda: self._get_all(unit, UNIT), f"read {unit}")
-        return int(props["InactiveExitTimestampMonotonic"]), int(
-            props["ActiveEnterTimestampMonotonic"]
-        )

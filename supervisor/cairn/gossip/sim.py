@@ -122,7 +122,6 @@ class SimNode:
     paused: bool = False
     deferred: list[Callable[[], None]] = field(default_factory=list)
     recv_loss: float = 0.0
-    udp_down: bool = False  # a firewall drops its datagrams both ways; TCP still passes
 
 
 class SimNetwork:
@@ -240,11 +239,7 @@ class SimNetwork:
         if self._cut(src, dst) or self.rng.random() < self.loss:
             return
         assert dst is not None
-        if (
-            src.udp_down
-            or dst.udp_down
-            or (self.drop is not None and self.drop(src.name, dst.name, data))
-        ):
+        if self.drop is not None and self.drop(src.name, dst.name, data):
             return
         if dst.recv_loss and self.rng.random() < dst.recv_loss:
             return

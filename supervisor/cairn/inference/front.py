@@ -167,8 +167,7 @@ class Inference:
     async def poll_health(self) -> None:
         """Refresh each awake worker's /health; never wakes one, nor counts as its use."""
         for m in self.models.values():
-            up = m.child.state == "ready" if m.child else m.phase is Phase.AWAKE
-            if not up or not _ready(m):  # asleep, or being put to sleep
+            if not _awake(m):  # asleep, or being put to sleep
                 m.health = None
                 continue
             with _probing(m):
@@ -338,8 +337,7 @@ class Inference:
         if model.unit in self.paused:
             return ""  # stopped while the GPU cools: not this check's business
         if not wake:
-            up = model.child.state == "ready" if model.child else model.phase is Phase.AWAKE
-            if not up or not _ready(model):
+            if not _awake(model):
                 return ""  # asleep, or being put to sleep: nothing to ask
             with _probing(model):
                 why = await self._ask(model)
@@ -480,6 +478,12 @@ def _ready(model: Model) -> bool:
     if model.child is not None:
         return model.child.state == "ready"
     return model.phase in (Phase.AWAKE, Phase.UNKNOWN)
+
+
+def _awake(model: Model) -> bool:
+    """Known to be up, and not being put to sleep: what health requests may be sent to."""
+    up = model.child.state == "ready" if model.child else model.phase is Phase.AWAKE
+    return up and _ready(model)
 
 
 @contextlib.contextmanager
