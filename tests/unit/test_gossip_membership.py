@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from cairn.gossip.clock import Addr, Transport
 from cairn.gossip.keyring import Keyring
 from cairn.gossip.membership import Membership
 from cairn.gossip.messages import Alive, Dead, MemberState, Ping, Suspect, decode_packet
@@ -166,6 +169,52 @@ def test_a_lost_ping_is_sent_again_before_anyone_else_is_asked() -> None:
     assert lost[0] == 1
     # The second direct ping got its ack over UDP: no TCP fallback, no suspicion.
     assert n0.stats.tcp_acks == 0 and n0.stats.suspicions == 0
+
+
+class NoStreams:
+    """A transport whose TCP never gets through."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+
+    def send(self, addr: Addr, data: bytes) -> None:
+        self.inner.send(addr, data)
+
+    def exchange(
+        self,
+        addr: Addr,
+        data: bytes,
+        done: Callable[[bytes | None], None],
+        timeout: float | None = None,
+    ) -> None:
+        done(None)
+
+
+def test_a_probe_pings_three_times_before_it_suspects() -> None:
+    net = cluster(2)  # no one to ask for an indirect probe
+    n0 = net.nodes["n0"].member
+    n0.transport = NoStreams(n0.transport)
+    sent: dict[int, list[float]] = {}
+
+    def drop_two_pings_a_probe(src: str, dst: str, data: bytes) -> bool:
+        if src != "n0" or dst != "n1":
+            return False
+        packet = decode_packet(Keyring([SIM_KEY], "sim").open(data)[2])
+        seqs = [m.seq for m in packet.messages if isinstance(m, Ping)]
+        for seq in seqs:
+            sent.setdefault(seq, []).append(net.clock.t)
+        return any(len(sent[seq]) <= 2 for seq in seqs)
+
+    net.drop = drop_two_pings_a_probe
+    net.run(LAN.probe_interval * 4)
+    probes = sorted(sent.values())[:-1]  # the last may still be under way
+    assert len(probes) >= 2
+    # At the start, at the probe timeout, and halfway from there to the end of the probe.
+    third = (LAN.probe_timeout + LAN.probe_interval) / 2
+    for times in probes:
+        assert [round(t - times[0], 9) for t in times] == [0.0, LAN.probe_timeout, third]
+    # Only the third got through, in time: no suspicion.
+    assert n0.stats.suspicions == 0 and n0.stats.tcp_acks == 0
 
 
 def test_a_stale_accusation_does_not_make_a_node_refute_again(node: Membership) -> None:

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cairn.gossip import messages as wire
+from cairn.gossip import summary
 from cairn.gossip.keyring import Dropped, Keyring, KeyringError, ReplayGuard
 from cairn.gossip.membership import Membership
 from cairn.gossip.sim import SIM_KEY, SimNetwork
@@ -184,8 +185,11 @@ def test_random_datagrams_are_dropped_and_counted(receiver: Membership, data: by
 STREAMS: list[wire.Stream] = [
     wire.PushPull("n1", [wire.MemberRecord("n9", 2, wire.MemberState.ALIVE, "10.0.0.9", 8471)]),
     wire.PushPull("n2", [wire.MemberRecord("n1", 0, wire.MemberState.DEAD, "10.0.0.1", 8471)]),
+    wire.Delta("n3", [wire.MemberRecord("n3", 1, wire.MemberState.ALIVE, "10.0.0.3", 8471)], [1]),
     wire.StreamPing("n1", 11, "n0"),
     wire.StreamPing("n2", 12, "n1"),
+    wire.Summary("n1", bytes(16)),
+    wire.Summary("n2", bytes(range(24))),  # three hashes: no power of two, dropped
 ]
 
 
@@ -203,10 +207,14 @@ def test_fuzzed_streams_are_answered_or_counted(receiver: Membership, plain: byt
         request = None
     if isinstance(request, wire.StreamPing) and request.target == receiver.name:
         assert reply is not None and receiver._acked(reply, request.seq)
-    elif isinstance(request, wire.PushPull):
+    elif isinstance(request, wire.PushPull | wire.Delta) or (
+        isinstance(request, wire.Summary) and summary.differing([], request.hashes) is not None
+    ):
         assert reply is not None
         state = wire.decode_stream(Keyring([SIM_KEY], "sim").open(reply)[2])
-        assert isinstance(state, wire.PushPull) and state.sender == receiver.name
+        # A join gets full state; a delta exchange's parts get a delta.
+        kind = wire.PushPull if isinstance(request, wire.PushPull) else wire.Delta
+        assert isinstance(state, kind) and state.sender == receiver.name
     else:  # damaged, or a ping for someone else
         assert reply is None
         assert _dropped(receiver) == before + 1

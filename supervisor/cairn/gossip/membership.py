@@ -10,6 +10,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import msgspec
 
@@ -23,6 +24,7 @@ from cairn.gossip.messages import (
     Ack,
     Alive,
     Dead,
+    Delta,
     Digest,
     IndirectPing,
     MemberRecord,
@@ -34,6 +36,7 @@ from cairn.gossip.messages import (
     PushPull,
     Stream,
     StreamPing,
+    Summary,
     Suspect,
     Update,
     decode_packet,
@@ -41,6 +44,7 @@ from cairn.gossip.messages import (
     encode,
 )
 from cairn.gossip.profiles import Timing, suspicion_remaining
+from cairn.gossip.summary import bucket_count, differing, hashes, in_buckets, record_hash
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ REAP_AFTER_S = 3600.0  # dead and left members stay visible this long, then are 
 MAX_STREAM_BYTES = 4 << 20
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 GONE = (MemberState.DEAD, MemberState.LEFT)
+R = TypeVar("R", PushPull, Delta)
 
 
 @dataclass
@@ -220,7 +225,7 @@ class Membership:
         results: list[bool] = []
 
         def one(reply: bytes | None) -> None:
-            results.append(reply is not None and self._merge_reply(reply))
+            results.append(self._merge_reply(reply))
             if len(results) == len(addrs):
                 done(sum(results))
 
@@ -311,10 +316,13 @@ class Membership:
             asked.extend(self.rng.sample(peers, min(self.timing.indirect_checks, len(peers))))
             for p in asked:
                 self._send(p.addr, [IndirectPing(seq, m.name, m.host, m.port)])
-            self._send(m.addr, [Ping(seq, m.name)])  # and once more directly: loss is independent
+            ping_again()  # and once more directly: loss is independent
             # memberlist's fallback: the same probe over TCP, due by the end of this probe.
             ping = self._seal(StreamPing(self.name, seq, m.name))
             self.transport.exchange(m.addr, ping, on_stream, sent + interval - self.clock.now())
+
+        def ping_again() -> None:
+            self._send(m.addr, [Ping(seq, m.name)])
 
         def on_stream(reply: bytes | None) -> None:
             if seq in self._pending and reply is not None and self._acked(reply, seq):
@@ -330,6 +338,8 @@ class Membership:
         pending = self._pending[seq] = _Pending(on_ack, on_nack)
         pending.timers += [
             self.clock.call_later(self.timing.probe_timeout, indirect),
+            # A third direct try halfway to the end: its ack still has half the slack to come.
+            self.clock.call_later((self.timing.probe_timeout + interval) / 2, ping_again),
             self.clock.call_later(interval, give_up),
         ]
         msgs: list[Message] = [Ping(seq, m.name)]
@@ -362,9 +372,39 @@ class Membership:
         # the other dead, and only a direct exchange lets them learn it and refute.
         for group in (live, dead):
             if group:
-                peer = self.rng.choice(group)
-                self.transport.exchange(peer.addr, self._pushpull_blob(), self._merge_reply_quiet)
+                self._sync(self.rng.choice(group).addr)
         return self.timing.push_pull_every(self.live_count())
+
+    def _sync(self, addr: Addr) -> None:
+        """Anti-entropy: swap only the buckets of members where we and the peer differ.
+
+        Summary → the peer's members of the differing buckets → ours of them back → the
+        peer's where it still differs (it refuted what we sent, say). The same outcome as
+        swapping full state, for 8 bytes a bucket of about 8 members when nothing changed.
+        """
+        records = self._records()
+        b = bucket_count(len(records))
+
+        def on_delta(reply: bytes | None) -> None:
+            self.stats.push_pulls += 1
+            remote = self._stream_reply(reply, Delta)
+            if remote is None or any(i >= b for i in remote.buckets):
+                self.stats.push_pull_failures += 1
+                return
+            self._merge(remote)
+            if remote.buckets:
+                mine = in_buckets(self._records(), remote.buckets, b)
+                push = self._seal(Delta(self.name, mine, remote.buckets))
+                self.transport.exchange(addr, push, on_pushed)
+
+        def on_pushed(reply: bytes | None) -> None:
+            remote = self._stream_reply(reply, Delta)
+            if remote is None:
+                self.stats.push_pull_failures += 1
+            else:
+                self._merge(remote)
+
+        self.transport.exchange(addr, self._seal(Summary(self.name, hashes(records, b))), on_delta)
 
     # --- sending --------------------------------------------------------------------------
 
@@ -489,7 +529,21 @@ class Membership:
                 self.stats.drop("wrong_target")
                 return None
             return self._seal(Packet(self.name, [Ack(request.seq)]))
+        if isinstance(request, Summary):
+            records = self._records()
+            diff = differing(records, request.hashes)
+            if diff is None:
+                self.stats.drop("malformed")
+                return None
+            b, buckets = diff
+            return self._seal(Delta(self.name, in_buckets(records, buckets, b), buckets))
         self._merge(request)
+        if isinstance(request, Delta):  # a delta exchange's last part: what we know better
+            sent = {r.node: record_hash(r) for r in request.members}
+            newer = [
+                r for r in self._records() if r.node in sent and sent[r.node] != record_hash(r)
+            ]
+            return self._seal(Delta(self.name, newer, request.buckets))
         return self._pushpull_blob()
 
     def _acked(self, reply: bytes, seq: int) -> bool:
@@ -620,7 +674,8 @@ class Membership:
 
     # --- push-pull ------------------------------------------------------------------------
 
-    def _pushpull_blob(self) -> bytes:
+    def _records(self) -> list[MemberRecord]:
+        """Every member we know, ourselves first."""
         me = MemberRecord(
             self.name,
             self.incarnation,
@@ -629,8 +684,10 @@ class Membership:
             self.port,
             self.digest,
         )
-        records = [me, *(m.record() for m in self.members.values())]
-        return self._seal(PushPull(self.name, records))
+        return [me, *(m.record() for m in self.members.values())]
+
+    def _pushpull_blob(self) -> bytes:
+        return self._seal(PushPull(self.name, self._records()))
 
     def _seal(self, obj: Packet | Stream) -> bytes:
         """Encrypt what goes out on a stream (counted as sent)."""
@@ -638,27 +695,30 @@ class Membership:
         self.stats.bytes_out += len(blob)
         return blob
 
-    def _merge_reply(self, reply: bytes) -> bool:
+    def _merge_reply(self, reply: bytes | None) -> bool:
+        remote = self._stream_reply(reply, PushPull)
+        if remote is not None:
+            self._merge(remote)
+        return remote is not None
+
+    def _stream_reply(self, reply: bytes | None, kind: type[R]) -> R | None:
+        """A peer's answer of the expected kind, or None (no answer, or dropped and counted)."""
+        if reply is None:
+            return None
         self.stats.bytes_in += len(reply)
         payload = self._open(reply, MAX_STREAM_BYTES)
         if payload is None:
-            return False
+            return None
         try:
             remote = decode_stream(payload)
         except msgspec.DecodeError:
             remote = None
-        if not isinstance(remote, PushPull):
+        if not isinstance(remote, kind):
             self.stats.drop("malformed")
-            return False
-        self._merge(remote)
-        return True
+            return None
+        return remote
 
-    def _merge_reply_quiet(self, reply: bytes | None) -> None:
-        self.stats.push_pulls += 1
-        if reply is None or not self._merge_reply(reply):
-            self.stats.push_pull_failures += 1
-
-    def _merge(self, remote: PushPull) -> None:
+    def _merge(self, remote: PushPull | Delta) -> None:
         for r in remote.members:
             if r.state is MemberState.ALIVE:
                 self._alive(Alive(r.node, r.incarnation, r.host, r.port))

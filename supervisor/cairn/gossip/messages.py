@@ -20,6 +20,9 @@ T = TypeVar("T")
 MAX_DIGEST_BYTES = 512  # a digest above this travels by push-pull only, never piggybacked
 MAX_MESSAGES = 64  # per packet
 MAX_MEMBERS = 4096  # per push-pull
+MAX_BUCKETS = 512  # per summary: members are hashed into buckets of about 8
+HASH_BYTES = 8
+Bucket = Annotated[int, msgspec.Meta(ge=0, lt=MAX_BUCKETS)]
 
 
 class MemberState(enum.StrEnum):
@@ -119,10 +122,32 @@ class MemberRecord(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_
 
 
 class PushPull(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, tag=16):
-    """Full state, sent both ways over TCP for anti-entropy and joins."""
+    """Full state, sent both ways over TCP when a node joins."""
 
     sender: NodeName
     members: Annotated[list[MemberRecord], msgspec.Meta(max_length=MAX_MEMBERS)]
+
+
+class Summary(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, tag=18):
+    """Opens a delta exchange: a hash of each bucket of our member records (8 bytes each).
+
+    The peer answers with a Delta of its members in the buckets whose hashes differ, naming
+    them; we merge it and send ours of those buckets back in a Delta, answered by a Delta of
+    what the peer still knows better (`cairn.gossip.summary`).
+    """
+
+    sender: NodeName
+    hashes: Annotated[
+        bytes, msgspec.Meta(min_length=HASH_BYTES, max_length=HASH_BYTES * MAX_BUCKETS)
+    ]
+
+
+class Delta(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, tag=19):
+    """A delta exchange's members: those of the named buckets (see Summary)."""
+
+    sender: NodeName
+    members: Annotated[list[MemberRecord], msgspec.Meta(max_length=MAX_MEMBERS)]
+    buckets: Annotated[list[Bucket], msgspec.Meta(max_length=MAX_BUCKETS)]
 
 
 class StreamPing(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, tag=17):
@@ -133,7 +158,7 @@ class StreamPing(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fi
     target: NodeName
 
 
-Stream = PushPull | StreamPing  # what a TCP connection may open with
+Stream = PushPull | StreamPing | Summary | Delta  # what a TCP connection may open with
 
 
 _packet_encoder = msgspec.msgpack.Encoder()
