@@ -439,6 +439,13 @@ in
       # in the middle of that activation would drop the gate. Until the self-heal capability
       # restarts it after a confirmed switch, the running daemon keeps its old package/config.
       restartIfChanged = false;
+      # A secret on its own volume (a netbooted node's secrets disk): wait for it to be mounted.
+      unitConfig.RequiresMountsFor = map dirOf (
+        lib.filter (f: f != null) [
+          cfg.gossipKeyFile
+          cfg.apiTokenFile
+        ]
+      );
 
       serviceConfig = {
         Type = "notify";

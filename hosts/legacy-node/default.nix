@@ -19,12 +19,33 @@
     isolatedCores = "1";
   };
 
+  # RAM keeps nothing across boots: the secrets live on a small file system labelled
+  # cairn-secrets on the machine's own disk or a USB stick, made once (docs/operations.md,
+  # "Run a cluster"). Without it the node still boots; cairn.service waits for the volume
+  # (RequiresMountsFor) and fails after the device timeout, saying so in the journal.
+  fileSystems."/var/lib/cairn-secrets" = {
+    label = "cairn-secrets";
+    fsType = "ext4";
+    options = [
+      "nofail"
+      "x-systemd.device-timeout=10s"
+      "nosuid"
+      "nodev"
+      "noexec"
+    ];
+  };
+
   # The default package: llama-cpp-python portable (SSE2 baseline, no AVX).
   services.cairn = {
     enable = true;
     settings = import ./settings.nix;
     # Provisioned on the node, never in the flake (docs/operations.md, "Run a cluster").
     apiTokenFile = "/var/lib/cairn-secrets/api.token";
+    gossipKeyFile = "/var/lib/cairn-secrets/gossip.key";
+    gossip = {
+      enable = true;
+      join = [ (import ../lan.nix).pxeServer ];
+    };
     # settings.nix listens on the LAN so peers can route requests here.
     openFirewall = true;
     # Models run as socket-activated workers pinned to the isolated core (modules/inference.nix).

@@ -2,7 +2,8 @@
 { lib, ... }:
 let
   lan = "eth0";
-  address = "192.168.1.2";
+  inherit (import ../lan.nix) gateway;
+  address = (import ../lan.nix).pxeServer;
 in
 {
   networking.hostName = lib.mkDefault "cairn-pxe";
@@ -16,8 +17,8 @@ in
       prefixLength = 24;
     }
   ];
-  networking.defaultGateway = lib.mkDefault "192.168.1.1";
-  networking.nameservers = lib.mkDefault [ "192.168.1.1" ];
+  networking.defaultGateway = lib.mkDefault gateway;
+  networking.nameservers = lib.mkDefault [ gateway ];
 
   cairn.appliance.enable = true;
 
@@ -34,10 +35,16 @@ in
 
   services.cairn = {
     enable = true;
-    settings = import ./settings.nix;
+    settings = import ./settings.nix // {
+      # The seed joins nobody (the others join through it), so it cannot infer its address.
+      gossip.advertise = address;
+    };
     # Provisioned on the node, never in the flake (docs/operations.md, "Run a cluster").
     apiTokenFile = "/var/lib/cairn-secrets/api.token";
+    gossipKeyFile = "/var/lib/cairn-secrets/gossip.key";
     openFirewall = true;
+    # The seed: the other nodes join through this fixed address (hosts/lan.nix).
+    gossip.enable = true;
   };
 
   system.stateVersion = "26.05";

@@ -34,6 +34,11 @@
     settings = import ./settings.nix;
     # Provisioned on the node, never in the flake (docs/operations.md, "Run a cluster").
     apiTokenFile = "/var/lib/cairn-secrets/api.token";
+    gossipKeyFile = "/var/lib/cairn-secrets/gossip.key";
+    gossip = {
+      enable = true;
+      join = [ (import ../lan.nix).pxeServer ];
+    };
     # settings.nix listens on the LAN so peers can route requests here.
     openFirewall = true;
     # Models run as socket-activated workers on the isolated cores (modules/inference.nix); a
