@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from cairn.background import run_in_daemon_thread
 from cairn.errors import CairnError
 from cairn.generations import Generations
 from cairn.state import Rollback, State, Store, Window
@@ -102,7 +103,7 @@ class Gate:
         self.store.save()
 
     async def _read(self) -> int | None:
-        gens, why = await asyncio.to_thread(self.read)
+        gens, why = await run_in_daemon_thread(self.read, "cairn-gate")
         self.generations, self.reason = gens, why
         if gens is None:
             self.status, self.detail, self.current = "unavailable", why, None

@@ -20,8 +20,10 @@ from typing import Protocol
 
 import psutil
 
+from cairn.inference.front import unit_of
 from cairn.sleep import available_bytes
 from cairn.state import INCIDENTS_KEPT, Incident, Store
+from cairn.thermal import Reading
 from cairn.units import JobFailed, UnitError, Units
 
 log = logging.getLogger(__name__)
@@ -227,9 +229,11 @@ class ModelProbe:
 
     async def findings(self) -> list[Finding]:
         out = []
-        for unit_name, model in [(f"cairn-model@{m}.service", m) for m in self.awake()]:
+        for model in self.awake():
             if why := await self.probe(model):
-                out.append(Finding(unit_name, f"model {model} does not answer its probe: {why}"))
+                out.append(
+                    Finding(unit_of(model), f"model {model} does not answer its probe: {why}")
+                )
         return out
 
 
@@ -306,8 +310,7 @@ class GpuHot:
     fix: Fix | None = None
 
     def __init__(
-        self, readings: Callable[[], list[tuple[int, float | None, float | None]]],
-        warn_celsius: float, warn_memory_ratio: float,
+        self, readings: Callable[[], list[Reading]], warn_celsius: float, warn_memory_ratio: float,
     ) -> None:  # fmt: skip
         self.readings = readings
         self.warn_celsius = warn_celsius

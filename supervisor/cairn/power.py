@@ -21,6 +21,7 @@ from cairn.gossip.messages import MemberState
 
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 WOL_PORT = 9
+WOL_BROADCAST = ("255.255.255.255", WOL_PORT)  # the LAN's broadcast, the customary port
 SUSPENDED = "suspended"
 
 
@@ -83,7 +84,7 @@ def magic_packet(mac: str) -> bytes:
     return b"\xff" * 6 + raw * 16
 
 
-def send_magic_packet(mac: str, to: tuple[str, int] = ("255.255.255.255", WOL_PORT)) -> None:
+def send_magic_packet(mac: str, to: tuple[str, int] = WOL_BROADCAST) -> None:
     """Broadcast a Wake-on-LAN packet for `mac` (UDP, the customary port 9)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)

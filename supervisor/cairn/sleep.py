@@ -147,7 +147,6 @@ class Sleeper:
         self.units = {s.unit: s for s in units}
         self.clock = clock
         self.meminfo = meminfo
-        self.memory_sleeps = 0
 
     async def start(self) -> None:
         """Read every unit's true state (a restart loses nothing) and follow its changes."""

@@ -16,6 +16,7 @@ from cairn.errors import CairnError
 log = logging.getLogger(__name__)
 
 SYSTEMD = "org.freedesktop.systemd1"
+LOGIN = "org.freedesktop.login1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
 UNIT = "org.freedesktop.systemd1.Unit"
@@ -95,9 +96,6 @@ class Units(Protocol):
 
     async def state(self, unit: str) -> UnitState:
         """Its current state."""
-
-    async def list(self, patterns: list[str]) -> list[UnitState]:
-        """Loaded units matching any of the glob patterns."""
 
     async def socket_counters(self, unit: str) -> SocketCounters:
         """A socket unit's counters and listening addresses."""
@@ -234,12 +232,14 @@ class SystemdUnits:
 
     # --- calls ----------------------------------------------------------------------------
 
-    def _call(self, path: str, iface: str, method: str, args: Any, reply: str | None) -> Any:
-        """One blocking method call on systemd; returns the reply's values."""
+    def _call(
+        self, path: str, iface: str, method: str, args: Any, reply: str | None, dest: str = SYSTEMD
+    ) -> Any:
+        """One blocking method call on systemd (or `dest`); returns the reply's values."""
         from gi.repository import GLib
 
         ret = self._bus.con.call_sync(
-            SYSTEMD,
+            dest,
             path,
             iface,
             method,
@@ -362,17 +362,10 @@ class SystemdUnits:
         """Who holds a logind lock that blocks sleep ("who: why"); suspend.target ignores them."""
 
         def call() -> Any:
-            return self._bus.con.call_sync(
-                "org.freedesktop.login1",
-                "/org/freedesktop/login1",
-                "org.freedesktop.login1.Manager",
-                "ListInhibitors",
-                None,
-                None,
-                0,
-                CALL_TIMEOUT_MS,
-                None,
-            ).unpack()
+            manager = "org.freedesktop.login1.Manager"
+            return self._call(
+                "/org/freedesktop/login1", manager, "ListInhibitors", None, None, LOGIN
+            )
 
         (rows,) = await self._run(call, "list logind inhibitors")
         return [

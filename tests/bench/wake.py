@@ -113,8 +113,9 @@ def one_wake(node: Any, setup: Setup, clients: int) -> None:
     )
     out = node.exec(["bash", "-c", script], check=False).stdout
     lines = [line.split() for line in out.splitlines() if line.strip()]
-    ok = {f[0]: float(f[3]) for f in lines if len(f) == 4 and f[1:3] == ["ok", "200"]}
-    answered = sum(len(f) == 4 and f[1:3] == ["ok", "200"] for f in lines)
+    good = [f for f in lines if len(f) == 4 and f[1:3] == ["ok", "200"]]
+    ok = {f[0]: float(f[3]) for f in good}
+    answered = len(good)
     setup.requests += clients
     setup.failed += clients - answered
     forked = node.unit(setup.service).ExecMainStartTimestampMonotonic / 1e6

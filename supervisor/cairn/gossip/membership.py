@@ -450,13 +450,8 @@ class Membership:
         """One datagram from the network; anything wrong with it is dropped and counted."""
         self.stats.packets_in += 1
         self.stats.bytes_in += len(data)
-        payload = self._open(data, self.timing.udp_max_bytes)
-        if payload is None:
-            return
-        try:
-            packet = decode_packet(payload)
-        except msgspec.DecodeError:
-            self.stats.drop("malformed")
+        packet = self._read_packet(data)
+        if packet is None:
             return
         if packet.sender == self.name:
             self.stats.drop("from_self")
@@ -548,15 +543,21 @@ class Membership:
 
     def _acked(self, reply: bytes, seq: int) -> bool:
         """Whether a stream's reply is our Ack for `seq`."""
-        payload = self._open(reply, self.timing.udp_max_bytes)
+        packet = self._read_packet(reply)
+        return packet is not None and any(
+            isinstance(m, Ack) and m.seq == seq for m in packet.messages
+        )
+
+    def _read_packet(self, data: bytes) -> Packet | None:
+        """A datagram's (or a TCP probe reply's) packet, or None after counting the drop."""
+        payload = self._open(data, self.timing.udp_max_bytes)
         if payload is None:
-            return False
+            return None
         try:
-            packet = decode_packet(payload)
+            return decode_packet(payload)
         except msgspec.DecodeError:
             self.stats.drop("malformed")
-            return False
-        return any(isinstance(m, Ack) and m.seq == seq for m in packet.messages)
+            return None
 
     # --- state changes --------------------------------------------------------------------
 

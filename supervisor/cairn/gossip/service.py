@@ -23,7 +23,7 @@ from cairn.gossip.membership import Member, Membership
 from cairn.gossip.messages import Digest, MemberState
 from cairn.gossip.profiles import TIMINGS
 from cairn.gossip.transport import SocketTransport
-from cairn.power import WOL_PORT, PeerView, send_magic_packet, wake_targets
+from cairn.power import WOL_BROADCAST, PeerView, send_magic_packet, wake_targets
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Cluster:
         self._decoded: dict[str, tuple[int, digests.NodeDigest | None]] = {}
         self._woken: dict[str, float] = {}  # MAC -> when we last sent it a magic packet
         self.wol_sent = 0
-        self.wol_to = ("255.255.255.255", WOL_PORT)  # the LAN's broadcast, the customary port
+        self.wol_to = WOL_BROADCAST
 
     def advertise(self) -> str:
         """The address peers reach us at; refuses to guess when it cannot know."""

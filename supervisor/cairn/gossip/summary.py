@@ -13,10 +13,11 @@ one that saw it, or between "dead" and "left", until both reaped them an hour la
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
-from cairn.gossip.messages import HASH_BYTES, MAX_BUCKETS, MemberRecord, MemberState
+from cairn.gossip.messages import HASH_BYTES, MAX_BUCKETS, MAX_MEMBERS, MemberRecord, MemberState
 
 PER_BUCKET = 8
 LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
@@ -32,8 +33,12 @@ def bucket_count(members: int) -> int:
 
 def bucket_of(name: str, b: int) -> int:
     """Which of `b` buckets a member belongs to; the same on every node."""
-    h = hashlib.blake2b(name.encode(), digest_size=4).digest()
-    return int.from_bytes(h, "big") & (b - 1)
+    return _name_hash(name) & (b - 1)
+
+
+@functools.lru_cache(maxsize=2 * MAX_MEMBERS)
+def _name_hash(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big")
 
 
 def record_hash(r: MemberRecord) -> int:

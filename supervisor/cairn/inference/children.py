@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import os
 import signal
@@ -244,14 +243,6 @@ class ChildUnits:
         """The child's state in systemd's words."""
         child = self._child(unit)
         return UnitState(unit, ACTIVE_STATE[child.state], child.state)
-
-    async def list(self, patterns: list[str]) -> list[UnitState]:
-        """Every child matching one of the globs."""
-        return [
-            await self.state(u)
-            for u in sorted(self.children)
-            if any(fnmatch.fnmatchcase(u, p) for p in patterns)
-        ]
 
     async def socket_counters(self, unit: str) -> SocketCounters:
         """Children have no socket units."""

@@ -257,14 +257,7 @@ class Inference:
                     headers={"Retry-After": "15"},
                 )
             if hop or (self.cluster is not None and self.cluster.knows_model(name)):
-                return openai.error(
-                    503,
-                    f"model '{name}' is unavailable: no live node with room serves it",
-                    "model_unavailable",
-                    param="model",
-                    code="model_unavailable",
-                    headers={"Retry-After": "5"},
-                )
+                return _unavailable(name, "no live node with room serves it")
             return openai.error(
                 404,
                 f"The model '{name}' does not exist",

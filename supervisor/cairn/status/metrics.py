@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -72,10 +73,7 @@ class NodeCollector(Collector):
     def _heal(self) -> Iterator[Metric]:
         sup = self.sup
         opened = _gauge("incidents_open", "Open incidents, by check.", ["check"])
-        counts: dict[str, int] = {}
-        for inc in sup.healer.open():
-            counts[inc.check] = counts.get(inc.check, 0) + 1
-        for check, n in sorted(counts.items()):
+        for check, n in sorted(collections.Counter(i.check for i in sup.healer.open()).items()):
             opened.add_metric([check], n)
         fixes = CounterMetricFamily(
             "cairn_fix_attempts", "Fix attempts, by fix and check.", labels=["check", "fix"]
