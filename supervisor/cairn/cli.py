@@ -296,32 +296,44 @@ def cmd_generations(args: argparse.Namespace) -> int:
     return _show(args, lambda d: {k: d.get(k) for k in keys}, render_generations)
 
 
-def _post(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
-    url = args.url.rstrip("/") + path
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+def _operator_socket(args: argparse.Namespace) -> Path:
+    """--socket; else the state dir of --config; else the first of the usual places that exists."""
+    from cairn import operator  # aiohttp: only for these commands
+
+    if args.socket:
+        return Path(args.socket)
+    if args.config:
+        return Path(_load(args.config).node.state_dir) / operator.SOCKET_NAME
+    places = [Path(config.NodeConfig().state_dir), Path("/var/lib/cairn")]
+    found = [p / operator.SOCKET_NAME for p in places if (p / operator.SOCKET_NAME).exists()]
+    return found[0] if found else places[0] / operator.SOCKET_NAME
+
+
+def _operate(args: argparse.Namespace, action: str, body: dict[str, Any]) -> int:
+    from cairn import operator
+
+    path = _operator_socket(args)
     try:
-        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
-            print(json.dumps(json.load(resp)))
-            return 0
-    except urllib.error.HTTPError as err:
-        message = json.load(err).get("error", {}).get("message", err.reason)
-        print(f"cairn {args.command}: {message}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        print(f"cairn {args.command}: cannot reach {url}: {err}", file=sys.stderr)
+        status, answer = operator.call(path, action, body, args.timeout)
+    except operator.OperatorError as err:
+        print(f"cairn {args.command}: {err}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    if status >= 400:
+        message = answer.get("error", {}).get("message") if isinstance(answer, dict) else None
+        print(f"cairn {args.command}: {message or status}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer))
+    return 0
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     """Confirm the running generation."""
-    return _post(args, "/generations/confirm", {})
+    return _operate(args, "confirm", {})
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Roll back to generation N (default: the newest confirmed one)."""
-    return _post(args, "/generations/rollback", {"to": args.generation})
+    return _operate(args, "rollback", {"to": args.generation})
 
 
 def cmd_rollback_helper(args: argparse.Namespace) -> int:
@@ -395,9 +407,18 @@ def parser() -> argparse.ArgumentParser:
         description="Switch back to generation N, default the newest confirmed one.",
     )
     rb.add_argument("generation", nargs="?", type=int, metavar="N")
-    for p_ in (st, un, gens, inc, conf, rb):
+    for p_ in (st, un, gens, inc):
         p_.add_argument("--url", default=DEFAULT_URL, help=f"node address (default {DEFAULT_URL})")
         p_.add_argument("--json", action="store_true", help="print the raw JSON")
+    for p_ in (conf, rb):
+        p_.add_argument(
+            "--socket",
+            metavar="PATH",
+            help="the node's operator socket (default: <state dir>/operator.sock of --config,"
+            " else of the default state dir, else /var/lib/cairn/operator.sock)",
+        )
+        p_.add_argument("--config", metavar="FILE", help="the node's config, for its state dir")
+    for p_ in (st, un, gens, inc, conf, rb):
         p_.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
     st.set_defaults(func=cmd_status)
     gens.set_defaults(func=cmd_generations)

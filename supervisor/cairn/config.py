@@ -178,6 +178,14 @@ class ModelConfig(_Section, frozen=True):
     startup_timeout: Annotated[
         float, msgspec.Meta(gt=0, description="seconds a worker may take to load its model")
     ] = 120.0
+    request_timeout: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            le=86400,
+            description="seconds one request may take in the worker; then the client gets 504",
+        ),
+    ] = 600.0
 
 
 class InferenceConfig(_Section, frozen=True):
@@ -268,6 +276,12 @@ class HealConfig(_Section, frozen=True):
     critical_units: list[UnitName] = msgspec.field(default_factory=list)  # must be active
     probe_models: bool = True  # each model must answer a one-token probe in the window
     rollback_unit: UnitName = "cairn-rollback.service"  # the privileged helper
+    probe_timeout: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0, le=600, description="seconds a model may take to answer its one-token probe"
+        ),
+    ] = 30.0
     interval: Annotated[
         float, msgspec.Meta(gt=0, le=600, description="seconds between rounds of checks")
     ] = 10.0

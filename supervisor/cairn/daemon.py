@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from cairn import __version__
+from cairn import __version__, operator
 from cairn.auth import read_token
 from cairn.background import run_in_daemon_thread
 from cairn.components import Components, State
@@ -45,7 +45,7 @@ from cairn.sleep import Kind, Phase, Sleepable, Sleeper
 from cairn.state import StateFile, Store
 from cairn.status.app import create_app
 from cairn.thermal import Reading, ThermalGuard
-from cairn.units import SystemdUnits, UnitError
+from cairn.units import SystemdUnits, UnitError, Units
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.components = Components()
         self.state_dir = Path(config.node.state_dir)
+        self.operator_socket = self.state_dir / operator.SOCKET_NAME
         self.probe = Probe(self.state_dir, Path(config.probe.nix_profiles))
         # systemd on the system bus: for socket-activated workers and for sleepable services.
         systemd = (
@@ -138,17 +139,20 @@ class Supervisor:
     def _healer(self) -> tuple[RestartLadder | None, Healer]:
         heal, models = self.config.heal, self.inference.models.values()
         systemd_workers = self.config.inference.workers is WorkerManager.SYSTEMD
-        ladder = (
-            RestartLadder(
-                self.systemd,
+
+        def ladder_of(units: Units) -> RestartLadder:
+            return RestartLadder(
+                units,
                 backoff=(min(1.0, heal.restart_backoff_max), heal.restart_backoff_max),
                 cooldown=heal.reset_cooldown,
                 resets_per_hour=heal.resets_per_hour,
                 hold=lambda unit: unit in self.inference.paused,
             )
-            if self.systemd is not None
-            else None
-        )
+
+        ladder = ladder_of(self.systemd) if self.systemd is not None else None
+        # A worker that hangs (stopped, deadlocked) never exits, so nothing restarts it but the
+        # healer: standalone children climb the same ladder as systemd's workers.
+        worker_ladder = ladder if systemd_workers else ladder_of(self.inference.units)
         watched = [*heal.critical_units, *(m.unit for m in models if systemd_workers)]
         checks: list[Check] = []
         if self.systemd is not None and watched:
@@ -162,7 +166,7 @@ class Supervisor:
             ModelProbe(
                 lambda name: self.inference.probe(name, wake=False),
                 lambda: list(self.inference.models),
-                ladder if systemd_workers else None,
+                worker_ladder,
             ),
             DiskFull(self.state_dir, heal.disk_min_free),
             MemoryLow(heal.memory_min_mb << 20),
@@ -383,6 +387,7 @@ class Supervisor:
         runner = web.AppRunner(
             create_app(self), shutdown_timeout=SHUTDOWN_GRACE_S, handler_cancellation=True
         )
+        ops = web.AppRunner(operator.create_app(self.gate), shutdown_timeout=SHUTDOWN_GRACE_S)
         scheduler = AsyncIOScheduler()
         watchdog: asyncio.Task[None] | None = None
         probe_started = False
@@ -399,6 +404,9 @@ class Supervisor:
             await web.TCPSite(runner, api.host, api.port, reuse_address=True).start()
             self.components.set("api", State.READY)
             log.info("serving on http://%s:%d/", api.host, api.port)
+            await ops.setup()
+            await operator.serve(ops, self.operator_socket)
+            log.info("operator actions on %s", self.operator_socket)
             if self.cluster is not None:
                 self.components.set("gossip", State.STARTING, "binding")
                 await self.cluster.start()
@@ -490,6 +498,7 @@ class Supervisor:
             if self.cluster is not None:
                 await self.cluster.stop()  # leave first: peers see "left", not "dead"
             await runner.cleanup()
+            await ops.cleanup()
             await self.inference.stop()
             if self.systemd is not None:
                 await self.systemd.close()
@@ -498,7 +507,7 @@ class Supervisor:
             log.info("stopped")
 
     def _prepare(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         self.probe.start()
 
     def _release_probe(self) -> None:

@@ -65,8 +65,6 @@ def test_openapi_document_is_served_and_lists_every_route(start_node: Callable[.
         "/status",
         "/metrics",
         "/openapi.json",
-        "/generations/confirm",
-        "/generations/rollback",
     }
 
 

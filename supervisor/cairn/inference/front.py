@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
-PROBE_TIMEOUT_S = 30.0  # a one-token answer, once the worker is up
 PEER_CONNECT_TIMEOUT_S = 3.0
 PASS_HEADERS = ("Content-Type", "Retry-After", "Cache-Control")
 # Request keys: the response once its headers went out; the model asked for (for the metrics).
@@ -358,7 +357,7 @@ class Inference:
                 path, doc = "/v1/embeddings", {"model": name, "input": "probe"}
             else:
                 path, doc = "/v1/completions", {"model": name, "prompt": "probe", "max_tokens": 1}
-            timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+            timeout = aiohttp.ClientTimeout(total=self.config.heal.probe_timeout)
             async with model.session.post(f"http://worker{path}", json=doc, timeout=timeout) as r:
                 if r.status != 200:
                     return f"the probe got {r.status}: {(await r.text())[:200]}"
@@ -438,13 +437,25 @@ class Inference:
         body: bytes,
         resp: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
+        # A hung worker (stopped, deadlocked) must not hold the client for ever: the healer's
+        # probe restarts it within about a minute, and no call outlives request_timeout.
+        deadline = aiohttp.ClientTimeout(total=model.cfg.request_timeout)
         try:
             async with model.session.post(
                 f"http://worker{request.path}",
                 data=body,
                 headers={"Content-Type": "application/json"},
+                timeout=deadline,
             ) as upstream:
                 return await self._relay(request, upstream, resp)
+        except TimeoutError:
+            why = f"no answer within request_timeout ({model.cfg.request_timeout:g} s)"
+            log.warning("model %s: %s", model.cfg.name, why)
+            if resp is not None or (resp := _started(request)) is not None:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await _sse_error(resp, 504, f"model '{model.cfg.name}': {why}")
+                return resp
+            return openai.error(504, f"model '{model.cfg.name}': {why}", "timeout", code="timeout")
         except (aiohttp.ClientConnectionError, OSError) as err:
             if resp is not None:  # our own event stream (a wake was announced): say what failed
                 with contextlib.suppress(ConnectionError, RuntimeError):

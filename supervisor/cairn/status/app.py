@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
@@ -13,7 +13,6 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cairn import auth
-from cairn.gate import GateError
 from cairn.inference.front import MODEL_KEY
 from cairn.status import document
 from cairn.status.metrics import Metrics
@@ -98,44 +97,6 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _local_only(request: web.Request) -> web.Response | None:
-    if auth.loopback(request):
-        return None
-    return json_error(403, "generations are managed on the node itself (cairn confirm/rollback)")
-
-
-async def confirm(request: web.Request) -> web.Response:
-    """Confirm the running generation by hand."""
-    if (refused := _local_only(request)) is not None:
-        return refused
-    try:
-        number = await request.app[SUPERVISOR].gate.confirm()
-    except GateError as err:
-        return json_error(409, str(err))
-    return _json({"confirmed": number})
-
-
-async def rollback(request: web.Request) -> web.Response:
-    """Roll back to a generation by hand: body {"to": N}, or {} for the newest confirmed."""
-    if (refused := _local_only(request)) is not None:
-        return refused
-    try:
-        body = msgspec.json.decode(await request.read() or b"{}", type=RollbackRequest)
-    except (msgspec.DecodeError, msgspec.ValidationError) as err:
-        return json_error(400, f'expected {{"to": N}} or {{}}: {err}')
-    try:
-        target = await request.app[SUPERVISOR].gate.roll_back(body.to)
-    except GateError as err:
-        return json_error(409, str(err))
-    return _json({"target": target}, 202)
-
-
-class RollbackRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The body of POST /generations/rollback."""
-
-    to: Annotated[int, msgspec.Meta(ge=1)] | None = None
-
-
 def _static(name: str, content_type: str) -> Handler:
     """A handler for a packaged file, read once when the app is built."""
     body = _ASSETS.joinpath(name).read_bytes()
@@ -157,7 +118,5 @@ def create_app(sup: Supervisor) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", _static("openapi.json", "application/json"))
-    app.router.add_post("/generations/confirm", confirm)
-    app.router.add_post("/generations/rollback", rollback)
     sup.inference.add_routes(app)
     return app
