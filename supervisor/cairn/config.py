@@ -22,6 +22,10 @@ from cairn.validation import locate
 SCHEMA_VERSION = 1
 DEFAULT_PORT = 8470
 DEFAULT_GOSSIP_PORT = 8471
+# Every float has finite bounds: msgspec then refuses inf and nan (TOML has them, and Python's
+# json reads Infinity and NaN), and no interval can be so small that a loop spins.
+LONGEST_S = 30 * 86400.0  # no duration in the config is longer
+SHORTEST_INTERVAL_S = 0.1  # no period between two rounds of anything is shorter
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="TCP port")]
 # A hostname or an IPv4/IPv6 address; never empty (an empty host would bind every interface).
@@ -169,14 +173,18 @@ class ModelConfig(_Section, frozen=True):
         int, msgspec.Meta(ge=0, le=65536, description="requests waiting behind busy slots")
     ] = 16
     idle_ttl: Annotated[
-        float, msgspec.Meta(gt=0, description="seconds without requests before the worker sleeps")
+        float,
+        msgspec.Meta(
+            ge=1, le=LONGEST_S, description="seconds without requests before the worker sleeps"
+        ),
     ] = 300.0
     cpus: Literal["isolated"] | list[Annotated[int, msgspec.Meta(ge=0)]] | None = None
     embedding: Annotated[
         bool, msgspec.Meta(description="a GGUF embedding model: serve /v1/embeddings, not chat")
     ] = False
     startup_timeout: Annotated[
-        float, msgspec.Meta(gt=0, description="seconds a worker may take to load its model")
+        float,
+        msgspec.Meta(ge=1, le=LONGEST_S, description="seconds a worker may take to load its model"),
     ] = 120.0
     request_timeout: Annotated[
         float,
@@ -244,7 +252,10 @@ class SleepableService(_Section, frozen=True):
     unit: UnitName
     socket: UnitName
     ttl: Annotated[
-        float, msgspec.Meta(gt=0, description="seconds without connections before it sleeps")
+        float,
+        msgspec.Meta(
+            ge=1, le=LONGEST_S, description="seconds without connections before it sleeps"
+        ),
     ] = 300.0
 
 
@@ -262,7 +273,8 @@ class SleepConfig(_Section, frozen=True):
         ),
     ] = 0
     interval: Annotated[
-        float, msgspec.Meta(gt=0, le=60, description="seconds between idleness checks")
+        float,
+        msgspec.Meta(ge=SHORTEST_INTERVAL_S, le=60, description="seconds between idleness checks"),
     ] = 1.0
 
 
@@ -271,7 +283,11 @@ class HealConfig(_Section, frozen=True):
 
     confirm_window: Annotated[
         float,
-        msgspec.Meta(gt=0, description="seconds a new generation has to pass the critical checks"),
+        msgspec.Meta(
+            ge=1,
+            le=LONGEST_S,
+            description="seconds a new generation has to pass the critical checks",
+        ),
     ] = 120.0
     critical_units: list[UnitName] = msgspec.field(default_factory=list)  # must be active
     probe_models: bool = True  # each model must answer a one-token probe in the window
@@ -283,14 +299,26 @@ class HealConfig(_Section, frozen=True):
         ),
     ] = 30.0
     interval: Annotated[
-        float, msgspec.Meta(gt=0, le=600, description="seconds between rounds of checks")
+        float,
+        msgspec.Meta(
+            ge=SHORTEST_INTERVAL_S, le=600, description="seconds between rounds of checks"
+        ),
     ] = 10.0
     restart_backoff_max: Annotated[
-        float, msgspec.Meta(gt=0, description="longest wait between two restarts, seconds")
+        float,
+        msgspec.Meta(
+            ge=SHORTEST_INTERVAL_S,
+            le=LONGEST_S,
+            description="longest wait between two restarts, seconds",
+        ),
     ] = 60.0
     reset_cooldown: Annotated[
         float,
-        msgspec.Meta(ge=0, description="seconds after systemd's start limit before reset-failed"),
+        msgspec.Meta(
+            ge=0,
+            le=LONGEST_S,
+            description="seconds after systemd's start limit before reset-failed",
+        ),
     ] = 60.0
     resets_per_hour: Annotated[
         int, msgspec.Meta(ge=0, le=100, description="reset-failed tries an hour, then give up")
@@ -303,7 +331,8 @@ class HealConfig(_Section, frozen=True):
     gpu_pause_celsius: Annotated[float, msgspec.Meta(gt=0, le=150)] = 85.0
     gpu_resume_celsius: Annotated[float, msgspec.Meta(gt=0, le=150)] = 75.0
     gpu_pause_after: Annotated[
-        float, msgspec.Meta(ge=0, description="seconds at gpu_pause_celsius before pausing")
+        float,
+        msgspec.Meta(ge=0, le=LONGEST_S, description="seconds at gpu_pause_celsius before pausing"),
     ] = 300.0
     gpu_warn_memory: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9
 
@@ -313,7 +342,10 @@ class PowerConfig(_Section, frozen=True):
 
     enable: bool = False
     idle_after: Annotated[
-        float, msgspec.Meta(gt=0, description="seconds without any use before it may suspend")
+        float,
+        msgspec.Meta(
+            ge=1, le=LONGEST_S, description="seconds without any use before it may suspend"
+        ),
     ] = 3600.0
     mac: (
         Annotated[
@@ -464,7 +496,9 @@ def load(path: str | Path) -> Config:
             data = tomllib.loads(text)
         else:
             raise ConfigError("(file)", "unknown format: name it *.toml or *.json", str(p))
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+    except RecursionError:  # both parsers recurse per level of nesting
+        raise ConfigError("(file)", "nested too deeply", str(p)) from None
+    except ValueError as err:  # a syntax error, or an integer of more than 4300 digits
         raise ConfigError("(file)", f"not valid {p.suffix[1:].upper()}: {err}", str(p)) from None
     return from_mapping(data, str(p))
 

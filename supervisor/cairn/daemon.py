@@ -18,7 +18,7 @@ from cairn.auth import read_token
 from cairn.background import run_in_daemon_thread
 from cairn.components import Components, State
 from cairn.config import Config, WorkerManager
-from cairn.errors import CairnError
+from cairn.errors import CairnError, ConfigError, StateError
 from cairn.gate import Gate, GateError
 from cairn.generations import Generations
 from cairn.gossip.digest import ModelDigest, NodeDigest
@@ -88,7 +88,12 @@ class Supervisor:
         self.cluster = Cluster(config.gossip, config.node.name) if config.gossip else None
         self.api_token = read_token(config.api.token_file) if config.api.token_file else None
         self.inference.cluster = self.cluster
-        self.store = Store(StateFile(self.state_dir / "state.json"))
+        self.store = Store(
+            StateFile(self.state_dir / "state.json"),
+            lambda error: self.components.set(
+                "state", State.DEGRADED if error else State.READY, error
+            ),
+        )
         self.gate = Gate(
             self.store,
             config.heal.confirm_window,
@@ -531,7 +536,10 @@ def run(config: Config) -> int:
 
     try:
         asyncio.run(main())
-    except (OSError, CairnError) as err:  # e.g. a port is taken, a key file is bad
+    except (ConfigError, StateError) as err:  # a key or token file, or a newer state file
+        log.error("cannot start: %s", err)
+        return 2  # as for a bad config: systemd does not restart it (RestartPreventExitStatus)
+    except (OSError, CairnError) as err:  # e.g. a port is taken
         log.error("cannot start: %s", err)
         return 1
     return 0

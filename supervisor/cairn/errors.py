@@ -14,3 +14,7 @@ class ConfigError(CairnError):
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(f"{where}config error at {path}: {problem}")
+
+
+class StateError(CairnError):
+    """The state file cannot be used as it is (damaged, or from a newer Cairn); names the file."""

@@ -6,7 +6,8 @@ marks it bad and asks the privileged helper (`cairn-rollback.service`) to switch
 newest confirmed generation. Every decision is saved before it is acted on, so a supervisor
 killed at any moment takes up the same decision after its restart: a confirmed generation is
 never rolled back, a generation is rolled back at most once, and a rollback target is always
-a confirmed generation, so the gate cannot loop.
+a confirmed generation, so the gate cannot loop. A decision the disk refuses is not taken:
+the gate says so (status "unsaved") and decides again on its next look.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 
@@ -37,7 +39,7 @@ class GateView(msgspec.Struct, frozen=True):
     """The gate in /status."""
 
     current: int | None  # the generation /run/current-system is, when it is one
-    status: str  # confirmed, confirming, bad, rolling back, unavailable, ...
+    status: str  # confirmed, confirming, bad, rolling back, unsaved, unavailable
     detail: str
     confirmed: list[int]
     bad: list[int]
@@ -99,8 +101,12 @@ class Gate:
         """The shared state (the healer keeps its incidents in it too)."""
         return self.store.state
 
-    def _save(self) -> None:
-        self.store.save()
+    def _commit(self, what: str, **changes: Any) -> bool:
+        """Save the state with `changes`, which only then hold; False (and say so) if refused."""
+        if self.store.save(msgspec.structs.replace(self.state, **changes)):
+            return True
+        self.status, self.detail = "unsaved", f"cannot save {what}: {self.store.error}"
+        return False
 
     async def _read(self) -> int | None:
         gens, why = await run_in_daemon_thread(self.read, "cairn-gate")
@@ -120,62 +126,70 @@ class Gate:
         if cur is None:
             return
         st, now = self.state, self.clock()
-        if st.rollback is not None:
-            if cur == st.rollback.source and cur not in st.confirmed:
-                self.status, self.detail = "rolling back", f"to generation {st.rollback.target}"
-                if now - st.rollback.requested >= RETRY_ROLLBACK_S:  # not done: ask once more
-                    await self._retry(st.rollback, now)
+        if (req := st.rollback) is not None:
+            # Not switched yet (a manual rollback may leave a confirmed generation): the request
+            # stays until the target runs or the bounded tries run out, so a late helper finds it.
+            if cur == req.source:
+                self.status, self.detail = "rolling back", f"to generation {req.target}"
+                if now - req.requested >= RETRY_ROLLBACK_S:  # not done: ask once more
+                    await self._retry(req, now)
                 return
-            if cur == st.rollback.target:
-                log.warning("rolled back from generation %d to %d", st.rollback.source, cur)
-            st.rollback = None  # done, confirmed by hand, or switched elsewhere meanwhile
-            self._save()
+            if cur == req.target:
+                log.warning("rolled back from generation %d to %d", req.source, cur)
+            # Done, or switched elsewhere meanwhile.
+            if not self._commit(f"the end of the rollback to {req.target}", rollback=None):
+                return
+            st = self.state
         if cur in st.confirmed:
-            if st.window is not None:
-                st.window = None
-                self._save()
+            if st.window is not None and not self._commit("the closed window", window=None):
+                return
             self.status, self.detail = "confirmed", ""
             return
         if cur in st.bad:  # switched to by hand, or the rollback failed: never roll back twice
             self.status, self.detail = "bad", "this generation failed its confirm window before"
             return
         if st.window is None or st.window.generation != cur:
-            st.window = Window(cur, now, now + self.window_s, self.boot_id)
-            self._save()
+            opened = Window(cur, now, now + self.window_s, self.boot_id)
+            if not self._commit(f"the confirm window of generation {cur}", window=opened):
+                return
             log.info("generation %d is new: confirm window of %.0f s", cur, self.window_s)
         elif st.window.boot_id != self.boot_id:
             # The machine rebooted inside the window: the checks get a whole window again,
             # not the rest of one that ran while it was down (or a clock that jumped at boot).
-            st.window = Window(cur, st.window.opened, now + self.window_s, self.boot_id)
-            self._save()
+            again = Window(cur, st.window.opened, now + self.window_s, self.boot_id)
+            if not self._commit(f"the confirm window of generation {cur}", window=again):
+                return
             log.info("generation %d: rebooted in its window; %.0f s from now", cur, self.window_s)
-        window = st.window
+        window = self.state.window
         failing = await self.failing()
+        st = self.state
         if self.current != cur or st.window is not window or st.rollback is not None:
             return  # confirmed or rolled back by hand, or switched, while the checks ran
         if not failing:
-            st.confirmed.append(cur)
-            st.window = None
-            self._save()
+            what = f"the confirmation of generation {cur}"
+            if not self._commit(what, confirmed=[*st.confirmed, cur], window=None):
+                return
             self.status, self.detail = "confirmed", ""
             log.info("generation %d confirmed: every critical check passes", cur)
             return
+        assert window is not None
         now = self.clock()
         left = window.deadline - now
         self.status, self.detail = "confirming", f"{left:.0f} s left; failing: {', '.join(failing)}"
         if left > 0:
             return
         target = self._target(cur)
-        st.bad.append(cur)
-        st.window = None
+        bad = [*st.bad, cur]
         if target is None:
-            self._save()
+            if not self._commit(f"generation {cur} as bad", bad=bad, window=None):
+                return
             self.status = "bad"
             self.detail = "failed its confirm window; no confirmed generation to roll back to"
             log.error("generation %d failed (%s); nothing confirmed to roll back to", cur, failing)
             return
-        st.rollback = Rollback(cur, target, now)
-        self._save()
+        req = Rollback(cur, target, now)
+        if not self._commit(f"the rollback to {target}", bad=bad, window=None, rollback=req):
+            return  # not asked: the helper must find the request it runs for
         self.status, self.detail = "rolling back", f"to generation {target}"
         log.error(
             "generation %d failed its confirm window (%s): rolling back to %d",
@@ -187,21 +201,25 @@ class Gate:
 
     async def _retry(self, req: Rollback, now: float) -> None:
         """The requested rollback has not happened: ask again, a bounded number of times."""
-        st = self.state
         if req.attempts >= ROLLBACK_ATTEMPTS or req.target not in self.numbers:
             why = (
                 f"generation {req.target} is gone"
                 if req.target not in self.numbers
                 else f"the helper did not switch after {req.attempts} tries"
             )
+            # A failed generation stays marked bad: never rolled back again.
+            if not self._commit(f"the end of the rollback to {req.target}", rollback=None):
+                return
             log.error("rollback from %d to %d abandoned: %s", req.source, req.target, why)
-            st.rollback = None  # the generation stays marked bad: never rolled back again
-            self._save()
-            self.status, self.detail = "bad", f"rollback abandoned: {why}"
+            st = self.state
+            self.status = "bad" if req.source in st.bad else "confirming"
+            if req.source in st.confirmed:  # a manual rollback from a confirmed generation
+                self.status = "confirmed"
+            self.detail = f"rollback abandoned: {why}"
             return
-        st.rollback = msgspec.structs.replace(req, requested=now, attempts=req.attempts + 1)
-        self._save()
-        await self._ask_helper()
+        again = msgspec.structs.replace(req, requested=now, attempts=req.attempts + 1)
+        if self._commit(f"the rollback to {req.target}", rollback=again):
+            await self._ask_helper()
 
     def _target(self, cur: int) -> int | None:
         """The newest confirmed generation that still exists, other than `cur`."""
@@ -226,14 +244,15 @@ class Gate:
         if cur is None:
             raise GateError(f"no generation to confirm: {self.detail}")
         st = self.state
-        if cur not in st.confirmed:
-            st.confirmed.append(cur)
-        if cur in st.bad:
-            st.bad.remove(cur)
-        if st.rollback is not None and st.rollback.source == cur:
-            st.rollback = None
-        st.window = None
-        self._save()
+        ok = self._commit(
+            f"the confirmation of generation {cur}",
+            confirmed=st.confirmed if cur in st.confirmed else [*st.confirmed, cur],
+            bad=[g for g in st.bad if g != cur],
+            rollback=None if st.rollback is not None and st.rollback.source == cur else st.rollback,
+            window=None,
+        )
+        if not ok:
+            raise GateError(self.detail)
         self.status, self.detail = "confirmed", "by hand"
         log.info("generation %d confirmed by hand", cur)
         return cur
@@ -255,9 +274,11 @@ class Gate:
             raise GateError(f"generation {target} does not exist")
         if target in self.state.bad:
             raise GateError(f"generation {target} is marked bad")
-        self.state.rollback = Rollback(cur, target, self.clock(), manual=True)
-        self.state.window = None
-        self._save()
+        if target not in self.state.confirmed:
+            raise GateError(f"generation {target} was never confirmed")
+        req = Rollback(cur, target, self.clock(), manual=True)
+        if not self._commit(f"the rollback to {target}", rollback=req, window=None):
+            raise GateError(self.detail)
         log.warning("rollback from generation %d to %d asked by hand", cur, target)
         self.status, self.detail = "rolling back", f"to generation {target}"
         task = asyncio.create_task(self._ask_helper())

@@ -303,6 +303,22 @@ class Unconfirmed:
         return [Finding(f"generation {current}", f"{status}: {detail}" if detail else status)]
 
 
+class StateUnsaved:
+    """The state file cannot be written (a full, read-only or failing disk)."""
+
+    name = "state-unsaved"
+    fix: Fix | None = None
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def findings(self) -> list[Finding]:
+        if not self.store.error:
+            return []
+        why = "; no decision of the gate is taken until it can be saved (this incident, too, is"
+        return [Finding(str(self.store.file.path), f"{self.store.error}{why} in memory only)")]
+
+
 class GpuHot:
     """A GPU is at or above its warning temperature, or its memory is nearly full."""
 
@@ -339,7 +355,7 @@ class Healer:
         self, store: Store, checks: list[Check], clock: Callable[[], float] = time.time
     ) -> None:
         self.store = store
-        self.checks = checks
+        self.checks = [*checks, StateUnsaved(store)]  # every node has a state file
         self.clock = clock
         self.fix_attempts: Counter[tuple[str, str]] = Counter()  # (fix, check)
 
@@ -357,7 +373,7 @@ class Healer:
                 log.exception("check %s failed to run", check.name)
                 continue
             changed |= await self._apply(check, found)
-        if changed:
+        if changed or self.store.error:  # a refused save is tried again each round
             self._trim()
             self.store.save()
 

@@ -1,9 +1,12 @@
 """The privileged rollback helper (`cairn rollback-helper`, run by cairn-rollback.service).
 
 It does one thing: switch the system to the generation the supervisor asked for in the state
-file, if that is an existing system generation not marked bad. It repoints the `system`
-profile (as `nix-env --switch-generation` does: a new link renamed over the old) and runs that
-generation's `bin/switch-to-configuration switch`, which also makes it the boot default.
+file, if that is an existing system generation that was confirmed and is not marked bad. The
+request stays in the file until the target runs (or the supervisor gives up on it), so a
+helper that starts late still finds it. It repoints the `system` profile (as `nix-env
+--switch-generation` does: a new link renamed over the old) and runs that generation's
+`bin/switch-to-configuration switch`, which also makes it the boot default. It only reads
+the state file: a damaged or newer one is refused, never moved or rewritten.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from cairn.errors import StateError
 from cairn.state import StateFile
 
 log = logging.getLogger(__name__)
@@ -24,8 +28,11 @@ class Refused(Exception):
 
 def target(state_file: StateFile, profiles: Path) -> int:
     """The requested generation, checked; raises Refused."""
-    st = state_file.load()
-    if st.rollback is None:
+    try:
+        st = state_file.read()
+    except StateError as err:
+        raise Refused(str(err)) from None
+    if st is None or st.rollback is None:
         raise Refused(f"no rollback is requested in {state_file.path}")
     n = st.rollback.target
     link = profiles / f"system-{n}-link"
@@ -33,6 +40,8 @@ def target(state_file: StateFile, profiles: Path) -> int:
         raise Refused(f"generation {n} is not an existing system generation ({link})")
     if n in st.bad:
         raise Refused(f"generation {n} is marked bad")
+    if n not in st.confirmed:
+        raise Refused(f"generation {n} was never confirmed")
     if not os.access(link / "bin" / "switch-to-configuration", os.X_OK):
         raise Refused(f"generation {n} has no bin/switch-to-configuration")
     return n

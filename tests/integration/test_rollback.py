@@ -47,12 +47,12 @@ CONFIG = {
 }
 
 
-def files() -> dict[str, str]:
+def files(rollback_unit: str = ROLLBACK_UNIT) -> dict[str, str]:
     return {
         "/opt/slow_http.py": SLOW_HTTP,
         "/etc/cairn/cairn.json": json.dumps(CONFIG),
         "/etc/systemd/system/cairn.service": worker.SUPERVISOR_UNIT,
-        "/etc/systemd/system/cairn-rollback.service": ROLLBACK_UNIT,
+        "/etc/systemd/system/cairn-rollback.service": rollback_unit,
     }
 
 
@@ -99,8 +99,8 @@ def helper_runs(node: Any) -> int:
     return log.count("switching the system profile")
 
 
-def start(cluster_factory: Any) -> Any:
-    node = cluster_factory(1, files=files()).nodes[0]
+def start(cluster_factory: Any, rollback_unit: str = ROLLBACK_UNIT) -> Any:
+    node = cluster_factory(1, files=files(rollback_unit)).nodes[0]
     node.exec(["chmod", "755", "/root"])  # the venv's interpreter below /root
     make_generations(node)
     node.start_unit("cairn.service")
@@ -189,5 +189,22 @@ def test_the_helper_refuses_a_missing_or_bad_generation(cluster_factory: Any) ->
     assert missing.returncode == 1 and "not an existing system generation" in missing.stderr
     bad = ask(2, [2])
     assert bad.returncode == 1 and "marked bad" in bad.stderr
+    unconfirmed = ask(3, [])
+    assert unconfirmed.returncode == 1 and "generation 3 was never confirmed" in unconfirmed.stderr
     assert running(node) == "/gens/1"
     assert node.exec(["readlink", f"{PROFILES}/system"]).stdout.strip() == "system-1-link"
+
+
+def test_a_manual_rollback_reaches_a_helper_that_starts_late(cluster_factory: Any) -> None:
+    # systemd starts the helper 3 s after it is asked: the gate looks at least once meanwhile.
+    late = ROLLBACK_UNIT.replace("[Service]\n", "[Service]\nExecStartPre=/bin/sleep 3\n")
+    node = start(cluster_factory, late)
+    switch(node, 3)
+    wait_until(lambda: gate(node)["confirmed"] == [1, 3], WINDOW, what="generation 3 confirmed")
+    asked = node.exec([CAIRN_BIN, "rollback", "1"], check=False)
+    assert asked.returncode == 0, asked.stderr
+    wait_until(lambda: running(node) == "/gens/1", 30, what="the rollback to 1")
+    wait_until(lambda: gate(node)["rollback"] is None, 10, what="the request to be done")
+    g = gate(node)
+    assert (g["status"], g["current"], g["confirmed"], g["bad"]) == ("confirmed", 1, [1, 3], [])
+    assert helper_runs(node) == 1

@@ -70,6 +70,113 @@ def test_unparseable_toml_is_a_config_error(tmp_path: Path) -> None:
         config.load(f)
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("deep.json", '{"version": 1, "models": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("deep.toml", "version = 1\nx = " + "[" * 100_000 + "]" * 100_000 + "\n"),
+        ("deep-tables.toml", "version = 1\nx = " + "{a = " * 10_000 + "1" + "}" * 10_000 + "\n"),
+    ],
+)
+def test_a_deeply_nested_file_is_a_config_error(tmp_path: Path, name: str, text: str) -> None:
+    with pytest.raises(ConfigError, match="nested too deeply") as exc:
+        config.load(write(tmp_path, name, text))
+    assert exc.value.path == "(file)"
+
+
+@pytest.mark.parametrize("name", ["big.json", "big.toml"])
+def test_an_integer_of_5000_digits_is_a_config_error(tmp_path: Path, name: str) -> None:
+    text = ('{"version": %s}' if name.endswith(".json") else "version = %s\n") % ("1" * 5000)
+    with pytest.raises(ConfigError, match="Exceeds the limit"):
+        config.load(write(tmp_path, name, text))
+
+
+# Every float in the config: none takes inf or nan, none of the intervals a vanishing period.
+FLOATS = [
+    ("probe", "interval"),
+    ("sleep", "interval"),
+    ("heal", "confirm_window"),
+    ("heal", "interval"),
+    ("heal", "restart_backoff_max"),
+    ("heal", "reset_cooldown"),
+    ("heal", "disk_min_free"),
+    ("heal", "gpu_warn_celsius"),
+    ("heal", "gpu_pause_celsius"),
+    ("heal", "gpu_resume_celsius"),
+    ("heal", "gpu_pause_after"),
+    ("heal", "gpu_warn_memory"),
+    ("power", "idle_after"),
+    ("models.0", "idle_ttl"),
+    ("models.0", "startup_timeout"),
+    ("sleep.services.0", "ttl"),
+]
+
+
+def test_every_float_of_the_config_is_listed() -> None:
+    def floats(info: Any, path: str) -> list[tuple[str, str]]:
+        while isinstance(info, msgspec.inspect.Metadata):
+            info = info.type
+        if isinstance(info, msgspec.inspect.UnionType):
+            return [f for t in info.types for f in floats(t, path)]
+        if isinstance(info, msgspec.inspect.ListType):
+            return floats(info.item_type, f"{path}.0")
+        if isinstance(info, msgspec.inspect.StructType):
+            return [
+                f
+                for field in info.fields
+                for f in (
+                    [(path.lstrip("."), field.encode_name)]
+                    if isinstance(_bare(field.type), msgspec.inspect.FloatType)
+                    else floats(field.type, f"{path}.{field.encode_name}")
+                )
+            ]
+        return []
+
+    assert sorted(floats(msgspec.inspect.type_info(config.Config), "")) == sorted(FLOATS)
+
+
+def _bare(info: Any) -> Any:
+    while isinstance(info, msgspec.inspect.Metadata):
+        info = info.type
+    return info
+
+
+def _with(section: str, key: str, value: float) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "version": 1,
+        "models": [{"name": "m", "path": "/m.gguf", "kind": "gguf"}],
+        "sleep": {"services": [{"unit": "a.service", "socket": "a.socket"}]},
+    }
+    parts = section.split(".")
+    target: Any = doc
+    for part in parts:
+        target = target[int(part)] if part.isdigit() else target.setdefault(part, {})
+    target[key] = value
+    return doc
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 1e300])
+@pytest.mark.parametrize(("section", "key"), FLOATS)
+def test_no_float_takes_inf_or_nan(tmp_path: Path, section: str, key: str, value: float) -> None:
+    f = write(tmp_path, "c.json", json.dumps(_with(section, key, value)))  # Infinity, NaN
+    with pytest.raises(ConfigError) as exc:
+        config.load(f)
+    assert exc.value.path == f"{section}.{key}"
+
+
+# The periods and timeouts; the others may be 0 ("at once") or are no time at all.
+PERIODS = [f for f in FLOATS if f[1] not in ("reset_cooldown", "gpu_pause_after")]
+PERIODS = [f for f in PERIODS if not f[1].startswith(("disk_", "gpu_"))]
+
+
+@pytest.mark.parametrize(("section", "key"), PERIODS)
+def test_no_period_vanishes(tmp_path: Path, section: str, key: str) -> None:
+    f = write(tmp_path, "c.json", json.dumps(_with(section, key, 1e-300)))
+    with pytest.raises(ConfigError, match=">=") as exc:
+        config.load(f)
+    assert exc.value.path == f"{section}.{key}"
+
+
 def test_unknown_extension_is_refused(tmp_path: Path) -> None:
     f = write(tmp_path, "c.yaml", "version: 1\n")
     with pytest.raises(ConfigError, match=r"name it \*\.toml or \*\.json"):

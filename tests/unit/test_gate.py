@@ -12,6 +12,7 @@ import pytest
 from cairn import generations, rollback
 from cairn.gate import Gate, GateError
 from cairn.state import Rollback, State, StateFile, Store
+from tests.unit.test_state import fill, tmpfs
 
 WINDOW = 100.0
 
@@ -263,11 +264,11 @@ def test_the_helper_refuses_what_is_not_an_existing_good_generation(world: World
     file, profiles = world.file, world.layout.profiles
     with pytest.raises(rollback.Refused, match="no rollback is requested"):
         rollback.target(file, profiles)
-    file.save(State(rollback=Rollback(3, 7, 0.0)))
+    file.save(State(confirmed=[7], rollback=Rollback(3, 7, 0.0)))
     with pytest.raises(rollback.Refused, match="not an existing system generation"):
         rollback.target(file, profiles)
     assert rollback.run(file, profiles) == 1
-    file.save(State(bad=[2], rollback=Rollback(3, 2, 0.0)))
+    file.save(State(confirmed=[2], bad=[2], rollback=Rollback(3, 2, 0.0)))
     with pytest.raises(rollback.Refused, match="marked bad"):
         rollback.target(file, profiles)
     assert rollback.run(file, profiles) == 1
@@ -284,3 +285,107 @@ def test_the_state_file_is_replaced_whole_and_a_damaged_one_set_aside(tmp_path: 
     (tmp_path / "state.json").write_text("{not json")
     assert f.load() == State()
     assert (tmp_path / "state.damaged").read_text() == "{not json"
+
+
+def test_the_helper_refuses_a_generation_never_confirmed(world: World) -> None:
+    world.file.save(State(confirmed=[1], rollback=Rollback(3, 2, 0.0)))
+    with pytest.raises(rollback.Refused, match="generation 2 was never confirmed"):
+        rollback.target(world.file, world.layout.profiles)
+    assert rollback.run(world.file, world.layout.profiles) == 1
+    assert world.layout.switches() == [1]
+
+
+def test_the_helper_refuses_a_damaged_or_newer_state_file_and_leaves_it(world: World) -> None:
+    for data in (b'{"rollback": {"source": 3, "target": "\xff"}}', b'{"version": 2}'):
+        world.file.path.parent.mkdir(exist_ok=True)
+        world.file.path.write_bytes(data)
+        with pytest.raises(rollback.Refused, match=str(world.file.path)):
+            rollback.target(world.file, world.layout.profiles)
+        assert world.file.path.read_bytes() == data  # the root helper moves nothing
+
+
+async def test_a_manual_rollback_waits_for_a_helper_that_starts_late(world: World) -> None:
+    gate = world.gate()
+    await gate.tick()
+    world.layout.switch(3)
+    await gate.tick()
+    assert gate.view().confirmed == [1, 3]
+    world.helper_works = False  # systemd has not started the helper yet
+    assert await gate.roll_back(1) == 1
+    await asyncio.gather(*gate._helpers)
+    world.now += 2
+    await gate.tick()  # the gate's next look, long before the helper
+    assert gate.status == "rolling back" and gate.view().rollback is not None
+    assert rollback.run(world.file, world.layout.profiles) == 0  # the helper, late
+    await gate.tick()
+    assert world.layout.switches()[-1] == 1 and gate.status == "confirmed"
+    assert gate.view().rollback is None and gate.view().bad == []
+
+
+async def test_a_manual_rollback_never_carried_out_is_given_up_marking_nothing_bad(
+    world: World,
+) -> None:
+    gate = world.gate()
+    await gate.tick()
+    world.layout.switch(3)
+    await gate.tick()
+    world.helper_works = False
+    await gate.roll_back(1)
+    for _ in range(3):  # asked again twice, then given up
+        world.now += 61
+        await gate.tick()
+    await asyncio.gather(*gate._helpers)
+    assert world.helper_runs == 3 and gate.view().rollback is None
+    assert (gate.status, gate.view().confirmed, gate.view().bad) == ("confirmed", [1, 3], [])
+    assert gate.detail == "rollback abandoned: the helper did not switch after 3 tries"
+
+
+async def test_a_manual_rollback_to_a_generation_never_confirmed_is_refused(world: World) -> None:
+    gate = world.gate()
+    await gate.tick()
+    world.layout.switch(3)
+    await gate.tick()
+    with pytest.raises(GateError, match="generation 2 was never confirmed"):
+        await gate.roll_back(2)
+    assert gate.view().rollback is None
+
+
+async def window_of_2(world: World, failing: str) -> Gate:
+    """Generation 1 confirmed, then 2 running with its confirm window open (and saved)."""
+    gate = world.gate()
+    await gate.tick()
+    world.layout.switch(2)
+    world.failing = [failing]
+    await gate.tick()
+    return gate
+
+
+async def test_a_confirmation_the_disk_refuses_is_neither_taken_nor_shown(world: World) -> None:
+    with tmpfs(world.file.path.parent) as state:
+        gate = await window_of_2(world, "worker.service is activating")
+        filler = fill(state)
+        world.failing = []
+        await gate.tick()
+        assert gate.view().confirmed == [1] and gate.status == "unsaved"
+        assert gate.detail.endswith("No space left on device")
+        assert "the confirmation of generation 2" in gate.detail
+        assert world.file.load().confirmed == [1]
+        filler.unlink()
+        await gate.tick()
+        assert gate.status == "confirmed" and gate.view().confirmed == [1, 2]
+        assert world.file.load().confirmed == [1, 2]
+
+
+async def test_a_rollback_the_disk_refuses_is_neither_taken_nor_shown(world: World) -> None:
+    with tmpfs(world.file.path.parent) as state:
+        gate = await window_of_2(world, "worker.service is failed")
+        filler = fill(state)
+        world.now += WINDOW
+        await gate.tick()
+        assert world.helper_runs == 0 and gate.status == "unsaved"
+        assert gate.view().bad == [] and gate.view().rollback is None
+        assert world.file.load().window is not None  # a restart would decide again, the same
+        filler.unlink()
+        await gate.tick()
+        assert world.helper_runs == 1 and world.layout.switches() == [1, 2, 1]
+        assert world.file.load().bad == [2]

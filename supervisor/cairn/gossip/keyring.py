@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cairn.errors import CairnError
+from cairn.errors import ConfigError
 
 VERSION = 1
 NONCE_BYTES = 12
@@ -25,8 +25,11 @@ REPLAY_CACHE_MAX = 200_000  # nonces remembered inside the window; far above any
 _STAMP = struct.Struct(">d")
 
 
-class KeyringError(CairnError):
-    """The key file cannot be used; the message says which line and why."""
+class KeyringError(ConfigError):
+    """The key file cannot be used (at start: exit 2); the message says which line and why."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__("gossip.key_file", problem)
 
 
 class Dropped(Exception):
