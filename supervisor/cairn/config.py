@@ -189,7 +189,7 @@ class ModelConfig(_Section, frozen=True):
     request_timeout: Annotated[
         float,
         msgspec.Meta(
-            gt=0,
+            ge=1,
             le=86400,
             description="seconds one request may take in the worker; then the client gets 504",
         ),
@@ -295,7 +295,7 @@ class HealConfig(_Section, frozen=True):
     probe_timeout: Annotated[
         float,
         msgspec.Meta(
-            gt=0, le=600, description="seconds a model may take to answer its one-token probe"
+            ge=0.5, le=600, description="seconds a model may take to answer its one-token probe"
         ),
     ] = 30.0
     interval: Annotated[

@@ -97,6 +97,7 @@ FLOATS = [
     ("sleep", "interval"),
     ("heal", "confirm_window"),
     ("heal", "interval"),
+    ("heal", "probe_timeout"),
     ("heal", "restart_backoff_max"),
     ("heal", "reset_cooldown"),
     ("heal", "disk_min_free"),
@@ -108,6 +109,7 @@ FLOATS = [
     ("power", "idle_after"),
     ("models.0", "idle_ttl"),
     ("models.0", "startup_timeout"),
+    ("models.0", "request_timeout"),
     ("sleep.services.0", "ttl"),
 ]
 
