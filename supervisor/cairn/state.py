@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1  # a file of a higher version is refused, never read in part
 INCIDENTS_KEPT = 200  # closed incidents kept in the history, newest last
+MAX_BYTES = 16 << 20  # a state file is a few hundred KiB at most; a larger one is not read
 
 
 # forbid_unknown_fields on each: a field this version does not know is damage.
@@ -121,7 +123,7 @@ class StateFile:
     def read(self) -> State | None:
         """The saved state, None if there is none; raises StateError (Damaged, or newer)."""
         try:
-            data = self.path.read_bytes()
+            data = self._read_bytes()
         except FileNotFoundError:
             return None
         except OSError as err:
@@ -137,6 +139,21 @@ class StateFile:
             return msgspec.json.decode(data, type=State)
         except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, wrong shape, too deep
             raise Damaged(f"the state file {self.path} is damaged: {err}") from None
+
+    def _read_bytes(self) -> bytes:
+        """The file's bytes, read only from a plain file of sane size.
+
+        The root helper reads this file from a directory the `cairn` user owns: a link (to
+        /etc/shadow, say), a FIFO (which would block it) or a huge file is refused, not read.
+        """
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise Damaged(f"the state file {self.path} is not a regular file")
+            if st.st_size > MAX_BYTES:
+                raise Damaged(f"the state file {self.path} is over {MAX_BYTES} bytes")
+            return f.read(MAX_BYTES + 1)
 
     def load(self) -> State:
         """The saved state; a fresh one if there is none, or it is damaged (then kept aside)."""

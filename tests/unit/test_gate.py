@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cairn import generations, rollback
+from cairn import generations, rollback, state
 from cairn.gate import Gate, GateError
 from cairn.state import Rollback, State, StateFile, Store
 from tests.unit.test_state import fill, tmpfs
@@ -302,6 +302,27 @@ def test_the_helper_refuses_a_damaged_or_newer_state_file_and_leaves_it(world: W
         with pytest.raises(rollback.Refused, match=str(world.file.path)):
             rollback.target(world.file, world.layout.profiles)
         assert world.file.path.read_bytes() == data  # the root helper moves nothing
+
+
+def test_the_helper_reads_only_a_plain_file_of_sane_size(world: World, tmp_path: Path) -> None:
+    # The state dir is the cairn user's: what it puts there must not make root read elsewhere,
+    # block, or fill memory.
+    path = world.file.path
+    path.parent.mkdir(exist_ok=True)
+    secret = tmp_path / "root-only"
+    secret.write_text('{"rollback": {"source": 3, "target": 1}}')
+    path.symlink_to(secret)
+    with pytest.raises(rollback.Refused, match="cannot read"):
+        rollback.target(world.file, world.layout.profiles)
+    path.unlink()
+    os.mkfifo(path)  # a FIFO nobody writes to: opening or reading it would block for ever
+    with pytest.raises(rollback.Refused, match="not a regular file"):
+        rollback.target(world.file, world.layout.profiles)
+    path.unlink()
+    with open(path, "wb") as f:
+        f.truncate(state.MAX_BYTES + 1)
+    with pytest.raises(rollback.Refused, match="over"):
+        rollback.target(world.file, world.layout.profiles)
 
 
 async def test_a_manual_rollback_waits_for_a_helper_that_starts_late(world: World) -> None:
