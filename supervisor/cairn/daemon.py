@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from cairn import __version__
+from cairn import __version__, guard
 from cairn.auth import read_token
 from cairn.background import run_in_daemon_thread
 from cairn.components import Components, State
@@ -86,6 +86,7 @@ class Supervisor:
         # Reads the key file: a missing or bad one stops the start here, with its reason.
         self.cluster = Cluster(config.gossip, config.node.name) if config.gossip else None
         self.api_token = read_token(config.api.token_file) if config.api.token_file else None
+        self.connections = guard.ConnectionLimits.for_api()
         self.inference.cluster = self.cluster
         self.store = Store(StateFile(self.state_dir / "state.json"))
         self.gate = Gate(
@@ -381,7 +382,10 @@ class Supervisor:
         if self.config.models:
             self.components.set("inference", State.STARTING, "starting workers")
         runner = web.AppRunner(
-            create_app(self), shutdown_timeout=SHUTDOWN_GRACE_S, handler_cancellation=True
+            create_app(self),
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+            handler_cancellation=True,
+            keepalive_timeout=guard.HEADER_TIMEOUT_S,  # also the deadline for a request's headers
         )
         scheduler = AsyncIOScheduler()
         watchdog: asyncio.Task[None] | None = None
@@ -396,7 +400,7 @@ class Supervisor:
             await self.sleeper.start()
             await runner.setup()
             api = self.config.api
-            await web.TCPSite(runner, api.host, api.port, reuse_address=True).start()
+            await guard.GuardedSite(runner, api.host, api.port, self.connections).start()
             self.components.set("api", State.READY)
             log.info("serving on http://%s:%d/", api.host, api.port)
             if self.cluster is not None:
@@ -520,6 +524,8 @@ def run(config: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         await Supervisor(config).run(stop)
 
+    guard.raise_fd_limit()
+    guard.quiet_floods()
     try:
         asyncio.run(main())
     except (OSError, CairnError) as err:  # e.g. a port is taken, a key file is bad
