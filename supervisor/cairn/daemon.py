@@ -23,6 +23,7 @@ from cairn.gate import Gate, GateError
 from cairn.generations import Generations
 from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.digest import encode as encode_digest
+from cairn.gossip.keyring import Keyring
 from cairn.gossip.service import Cluster
 from cairn.heal import (
     Check,
@@ -196,9 +197,12 @@ class Supervisor:
         await self.healer.tick()
 
     def accepted_tokens(self) -> list[str]:
-        """Bearer tokens the API takes from the network: the operator's, and the peers'."""
-        own = [self.api_token] if self.api_token else []
-        return own + (self.cluster.keyring.api_tokens() if self.cluster else [])
+        """Bearer tokens the API takes from the network: the operator's."""
+        return [self.api_token] if self.api_token else []
+
+    def peer_keyring(self) -> Keyring | None:
+        """The keys peers sign forwarded requests with (the gossip keyring), if gossip is on."""
+        return self.cluster.keyring if self.cluster else None
 
     def uptime(self) -> float:
         """Seconds since the daemon started."""

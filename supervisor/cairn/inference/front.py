@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from cairn.config import Config, ModelConfig, ModelKind, WorkerManager
-from cairn.guard import BODY_TIMEOUT_S
+from cairn.guard import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from cairn.inference import openai
 from cairn.inference.children import ChildUnits, ChildWorker
 from cairn.sleep import Phase, Sleepable, Sleeper
@@ -399,13 +399,19 @@ class Inference:
         assert self.cluster is not None
         if self._peers is None:
             self._peers = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=PEER_CONNECT_TIMEOUT_S)
+                # Idle connections go before the peer's header timeout would close them.
+                connector=aiohttp.TCPConnector(keepalive_timeout=HEADER_TIMEOUT_S / 2),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=PEER_CONNECT_TIMEOUT_S),
             )
         host = f"[{peer.host}]" if ":" in peer.host else peer.host
+        me = self.cluster.name
         headers = {
             "Content-Type": "application/json",
-            "Authorization": f"Bearer {self.cluster.keyring.api_token()}",
-            FORWARDED_BY: self.cluster.name,
+            # Signed for this one request: a captured header opens nothing else, and only once.
+            "Authorization": self.cluster.keyring.sign_request(
+                "POST", request.path, me, time.time()
+            ),
+            FORWARDED_BY: me,
         }
         try:
             async with self._peers.post(
