@@ -66,9 +66,11 @@ class Response:
         return json.loads(self.body)
 
 
-def http(url: str, method: str = "GET", timeout: float = 5.0) -> Response:
+def http(
+    url: str, method: str = "GET", timeout: float = 5.0, headers: dict[str, str] | None = None
+) -> Response:
     """One HTTP request; error statuses are returned, not raised."""
-    req = urllib.request.Request(url, method=method)
+    req = urllib.request.Request(url, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return Response(resp.status, dict(resp.headers), resp.read())
@@ -83,10 +85,12 @@ class Node:
     proc: subprocess.Popen[bytes]
     url: str
     log_path: Path
+    token: str | None = None  # sent as a bearer token when set (a node bound off loopback)
 
-    def get(self, path: str, method: str = "GET") -> Response:
+    def get(self, path: str, method: str = "GET", timeout: float = 5.0) -> Response:
         """Request a path on this node."""
-        return http(self.url + path, method)
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return http(self.url + path, method, timeout, auth)
 
     def log(self) -> str:
         """Everything the daemon wrote to stderr so far."""
@@ -106,17 +110,32 @@ def write_config(path: Path, settings: dict[str, Any]) -> Path:
     return path
 
 
+def write_token(path: Path, token: str) -> Path:
+    """Write an API token file."""
+    path.write_text(token + "\n")
+    return path
+
+
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     """Factory: start `cairn run` with the given settings merged over a test default."""
     started: list[Node] = []
 
-    def start(probe_interval: float = 2.0, **sections: Any) -> Node:
+    def start(
+        probe_interval: float = 2.0,
+        host: str = "127.0.0.1",
+        token: str | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+        **sections: Any,
+    ) -> Node:
         port = free_port()
+        api: dict[str, Any] = {"host": host, "port": port}
+        if token is not None:  # required off loopback
+            api["token_file"] = str(write_token(tmp_path / f"token-{port}", token))
         settings: dict[str, Any] = {
             "version": 1,
             "node": {"name": "test-node", "state_dir": str(tmp_path / "state")},
-            "api": {"host": "127.0.0.1", "port": port},
+            "api": api,
             "probe": {"interval": probe_interval, "nix_profiles": str(tmp_path / "no-nix")},
         }
         for key, value in sections.items():
@@ -125,8 +144,10 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
         log_path = tmp_path / f"cairn-{port}.log"
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}
         with log_path.open("wb") as log:
-            proc = subprocess.Popen([*CAIRN, "run", "--config", str(cfg)], stderr=log, env=env)
-        node = Node(proc, f"http://127.0.0.1:{port}", log_path)
+            proc = subprocess.Popen(
+                [*CAIRN, "run", "--config", str(cfg)], stderr=log, env=env, preexec_fn=preexec_fn
+            )
+        node = Node(proc, f"http://{host}:{port}", log_path, token)
         started.append(node)
         wait_for(lambda: node.alive() or proc.poll() is not None, 20, "the daemon to listen")
         if proc.poll() is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from cairn import __version__, operator
+from cairn import __version__, guard, operator
 from cairn.auth import read_token
 from cairn.background import run_in_daemon_thread
 from cairn.components import Components, State
@@ -23,6 +23,7 @@ from cairn.gate import Gate, GateError
 from cairn.generations import Generations
 from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.digest import encode as encode_digest
+from cairn.gossip.keyring import Keyring
 from cairn.gossip.service import Cluster
 from cairn.heal import (
     Check,
@@ -87,6 +88,7 @@ class Supervisor:
         # Reads the key file: a missing or bad one stops the start here, with its reason.
         self.cluster = Cluster(config.gossip, config.node.name) if config.gossip else None
         self.api_token = read_token(config.api.token_file) if config.api.token_file else None
+        self.connections = guard.ConnectionLimits.for_api()
         self.inference.cluster = self.cluster
         self.store = Store(
             StateFile(self.state_dir / "state.json"),
@@ -204,9 +206,12 @@ class Supervisor:
         await self.healer.tick()
 
     def accepted_tokens(self) -> list[str]:
-        """Bearer tokens the API takes from the network: the operator's, and the peers'."""
-        own = [self.api_token] if self.api_token else []
-        return own + (self.cluster.keyring.api_tokens() if self.cluster else [])
+        """Bearer tokens the API takes from the network: the operator's."""
+        return [self.api_token] if self.api_token else []
+
+    def peer_keyring(self) -> Keyring | None:
+        """The keys peers sign forwarded requests with (the gossip keyring), if gossip is on."""
+        return self.cluster.keyring if self.cluster else None
 
     def uptime(self) -> float:
         """Seconds since the daemon started."""
@@ -390,9 +395,16 @@ class Supervisor:
         if self.config.models:
             self.components.set("inference", State.STARTING, "starting workers")
         runner = web.AppRunner(
-            create_app(self), shutdown_timeout=SHUTDOWN_GRACE_S, handler_cancellation=True
+            create_app(self),
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+            handler_cancellation=True,
+            keepalive_timeout=guard.HEADER_TIMEOUT_S,  # also the deadline for a request's headers
         )
-        ops = web.AppRunner(operator.create_app(self.gate), shutdown_timeout=SHUTDOWN_GRACE_S)
+        ops = web.AppRunner(
+            operator.create_app(self.gate),
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+            keepalive_timeout=guard.HEADER_TIMEOUT_S,
+        )
         scheduler = AsyncIOScheduler()
         watchdog: asyncio.Task[None] | None = None
         probe_started = False
@@ -406,7 +418,7 @@ class Supervisor:
             await self.sleeper.start()
             await runner.setup()
             api = self.config.api
-            await web.TCPSite(runner, api.host, api.port, reuse_address=True).start()
+            await guard.GuardedSite(runner, api.host, api.port, self.connections).start()
             self.components.set("api", State.READY)
             log.info("serving on http://%s:%d/", api.host, api.port)
             await ops.setup()
@@ -534,6 +546,8 @@ def run(config: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         await Supervisor(config).run(stop)
 
+    guard.raise_fd_limit()
+    guard.quiet_floods()
     try:
         asyncio.run(main())
     except (ConfigError, StateError) as err:  # a key or token file, or a newer state file

@@ -11,6 +11,7 @@ import pytest
 from .cluster import Cluster
 from .errors import HarnessUnavailable
 from .host import require_host
+from .lan import Lan
 
 ClusterFactory = Callable[..., Cluster]
 
@@ -46,3 +47,16 @@ def cluster_factory() -> Iterator[ClusterFactory]:
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    """A test network with one bare client namespace (skipped without root; fails under CI)."""
+    try:
+        Lan.require()
+    except HarnessUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            raise
+        pytest.skip(str(exc))
+    with Lan(1) as net:
+        yield net

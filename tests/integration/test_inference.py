@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import itertools
+import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -15,6 +18,7 @@ from typing import Any
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from prometheus_client.parser import text_string_to_metric_families
 
 from cairn.inference import demo
 from tests.conftest import Node, wait_for
@@ -277,3 +281,85 @@ def test_worker_threads_are_pinned_one_core_each(
     # OpenMP binds thread i to core i; threads the bound main thread starts inherit core 0.
     # So every worker thread is on exactly one core, and both cores carry compute threads.
     assert all(len(cores) == 1 for cores in m["threads"].values()), m["threads"]
+
+
+# --- request bodies: read whole however they arrive; broken JSON is a 400 naming why --------
+
+
+def _raw(sock: socket.socket, pieces: list[bytes], pause: float = 0.3) -> tuple[int, Any]:
+    """Send a request in pieces, each its own TCP segment, a pause apart; (status, JSON body)."""
+    with sock:
+        sock.settimeout(30)
+        for i, piece in enumerate(pieces):
+            if i:
+                time.sleep(pause)  # the server has read and buffered what came so far
+            sock.sendall(piece)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        return resp.status, json.loads(resp.read())
+
+
+def _tcp(n: Node) -> socket.socket:
+    host, port = n.url.removeprefix("http://").rsplit(":", 1)
+    s = socket.create_connection((host, int(port)))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each piece leaves at once
+    return s
+
+
+def _head(path: str, length: int | None) -> bytes:
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"{framing}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
+CHAT_BODY = json.dumps({"model": "demo", "messages": CHAT, "max_tokens": 2}).encode()
+
+
+def test_a_body_split_across_segments_is_read_whole(node: Node) -> None:
+    head = _head("/v1/chat/completions", len(CHAT_BODY))
+    status_, doc = _raw(_tcp(node), [head + CHAT_BODY[:20], CHAT_BODY[20:]])
+    assert status_ == 200, doc
+    assert doc["choices"][0]["finish_reason"] in ("stop", "length")
+    # Chunked, the end in a later segment than the start.
+    a, b = CHAT_BODY[:20], CHAT_BODY[20:]
+    chunks = [b"%x\r\n%s\r\n" % (len(a), a), b"%x\r\n%s\r\n0\r\n\r\n" % (len(b), b)]
+    status_, doc = _raw(_tcp(node), [_head("/v1/chat/completions", None) + chunks[0], chunks[1]])
+    assert status_ == 200, doc
+
+
+def test_a_body_over_200_kb_is_read_whole(node: Node) -> None:
+    # `user` is an OpenAI field the worker ignores: the body is valid, only big.
+    r = client(node).chat.completions.create(
+        model="demo", messages=CHAT, max_tokens=2, user="u" * 300_000
+    )
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+NESTED = b'{"model": "demo", "metadata": ' + b"[" * 100_000 + b"}"  # a field both look past
+NOT_UTF8 = b'{"model": "demo", "messages": [{"role": "user", "content": "\xff\xfe"}]}'
+
+
+@pytest.mark.parametrize(
+    ("body", "why"), [(NESTED, "nested too deeply"), (NOT_UTF8, "not valid UTF-8")]
+)
+def test_broken_json_is_a_400_naming_why_at_the_front_and_the_worker(
+    node: Node, socket_dir: str, body: bytes, why: str
+) -> None:
+    head = _head("/v1/chat/completions", len(body))
+    status_, doc = _raw(_tcp(node), [head + body])
+    assert status_ == 400 and why in doc["error"]["message"], doc
+    assert doc["error"]["type"] == "invalid_request_error"
+    worker = socket.socket(socket.AF_UNIX)
+    worker.connect(f"{socket_dir}/demo.sock")
+    status_, doc = _raw(worker, [head + body])
+    assert status_ == 400 and why in doc["error"]["message"], doc
+    codes = {
+        sample.labels["code"]: sample.value
+        for family in text_string_to_metric_families(node.get("/metrics").body.decode())
+        for sample in family.samples
+        if sample.name == "cairn_http_requests_total"
+        and sample.labels["route"] == "/v1/chat/completions"
+    }
+    assert codes.get("400") and "500" not in codes

@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import tempfile
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,10 +16,15 @@ from typing import Any
 
 import openai
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from prometheus_client.parser import text_string_to_metric_families
 
+from cairn.gossip.keyring import Keyring
 from cairn.inference import demo
+from cairn.inference.front import FORWARDED_BY
 from tests.conftest import Node, free_port, wait_for
+from tests.harness.lan import Lan
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +151,109 @@ def test_a_model_no_node_serves_is_404_and_a_gone_one_503(pair: tuple[Node, Node
         15,
         "a to suspect the killed b",
     )
+
+
+# --- peers on a real network address: the hop is signed, the signature is good once ---------
+
+TOKEN = "routing-test-operator-token-0123"
+
+
+@pytest.fixture
+def net_pair(
+    lan: Lan, start_node: Callable[..., Node], models_dir: Path, tmp_path: Path
+) -> Iterator[tuple[Node, Node, Keyring]]:
+    """Like `pair`, bound on the test network's host address: no request is from loopback."""
+    raw = os.urandom(32)
+    key = tmp_path / "gossip.key"
+    key.write_text(base64.b64encode(raw).decode() + "\n")
+    sockets = tempfile.mkdtemp(prefix="cs-", dir="/tmp")
+    gb, ga = free_port(), free_port()
+    net = {"host": lan.host_ip, "token": TOKEN, "probe_interval": 1.0}
+    gossip = {"bind": lan.host_ip, "profile": "local", "key_file": str(key)}
+    b = start_node(
+        node={"name": "b", "state_dir": str(tmp_path / "b")},
+        inference={"socket_dir": sockets},
+        models=[{"name": "demo", "path": str(models_dir / "demo.gguf"), "kind": "gguf"}],
+        gossip={**gossip, "port": gb, "join": []},
+        **net,
+    )
+    a = start_node(
+        node={"name": "a", "state_dir": str(tmp_path / "a")},
+        gossip={**gossip, "port": ga, "join": [f"{lan.host_ip}:{gb}"]},
+        **net,
+    )
+
+    def a_sees_demo_ready() -> bool:
+        rows = {m["name"]: m for m in a.get("/status").json()["cluster"]}
+        digest = rows.get("b", {}).get("digest") or {}
+        return bool(digest.get("models", {}).get("demo", {}).get("state") == "ready")
+
+    wait_for(a_sees_demo_ready, 60, "a to learn from b's digest that demo is ready")
+    yield a, b, Keyring([raw], "cairn")
+    shutil.rmtree(sockets, ignore_errors=True)
+
+
+CHAT_PATH = "/v1/chat/completions"
+
+
+def _send(node: Node, path: str, headers: dict[str, str], method: str = "POST") -> int:
+    doc = {"model": "demo", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    req = urllib.request.Request(
+        node.url + path,
+        data=json.dumps(doc).encode() if method == "POST" else None,
+        method=method,
+        headers={"Content-Type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _signed(ring: Keyring, path: str, sender: str = "a", at: float | None = None) -> str:
+    return ring.sign_request("POST", path, sender, time.time() if at is None else at)
+
+
+def test_a_hop_between_nodes_on_the_network_is_signed_and_served(
+    net_pair: tuple[Node, Node, Keyring],
+) -> None:
+    a, b, _ = net_pair
+    assert _send(a, CHAT_PATH, {"Authorization": f"Bearer {TOKEN}"}) == 200
+    assert _counter(a, "cairn_requests_forwarded_total") == 1
+    wait_for(
+        lambda: _counter(b, "cairn_model_requests_total", model="demo", code="200") == 1,
+        5,
+        "b to count the request it answered for a",
+    )
+
+
+def test_a_captured_peer_signature_opens_one_request_once(
+    net_pair: tuple[Node, Node, Keyring],
+) -> None:
+    _, b, ring = net_pair
+    header = _signed(ring, CHAT_PATH)
+    hop = {"Authorization": header, FORWARDED_BY: "a"}
+    assert _send(b, CHAT_PATH, hop) == 200
+    assert _send(b, CHAT_PATH, hop) == 401  # replayed
+    fresh = {"Authorization": _signed(ring, CHAT_PATH), FORWARDED_BY: "a"}
+    assert _send(b, "/status", fresh, "GET") == 401  # not a forwarded /v1 request
+    assert _send(b, "/v1/completions", fresh) == 401  # signed for another path
+    assert _send(b, CHAT_PATH, {"Authorization": fresh["Authorization"]}) == 401  # no hop header
+    assert _send(b, CHAT_PATH, {**fresh, FORWARDED_BY: "mallory"}) == 401  # another sender
+    stale = {"Authorization": _signed(ring, CHAT_PATH, at=time.time() - 60), FORWARDED_BY: "a"}
+    assert _send(b, CHAT_PATH, stale) == 401
+    assert _send(b, CHAT_PATH, fresh) == 200  # untouched, it still works once
+
+
+def test_the_old_gossip_derived_bearer_token_opens_nothing(
+    net_pair: tuple[Node, Node, Keyring],
+) -> None:
+    _, b, ring = net_pair
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"cairn api token/1")
+    old = base64.urlsafe_b64encode(hkdf.derive(ring.keys[0])).decode().rstrip("=")
+    bearer = {"Authorization": f"Bearer {old}"}
+    assert _send(b, "/status", bearer, "GET") == 401
+    assert _send(b, "/metrics", bearer, "GET") == 401
+    assert _send(b, "/v1/models", bearer, "GET") == 401
+    assert _send(b, CHAT_PATH, {**bearer, FORWARDED_BY: "a"}) == 401

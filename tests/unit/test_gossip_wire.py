@@ -47,9 +47,37 @@ def test_rotation_every_installed_key_opens_only_the_primary_seals() -> None:
         old_only.open(new_primary.seal(b"x", 0))  # why NEW must be installed before it leads
 
 
-def test_api_token_follows_the_primary_key() -> None:
-    assert Keyring([OLD, NEW], "c").api_token() == Keyring([OLD], "d").api_token()
-    assert Keyring([NEW, OLD], "c").api_token() != Keyring([OLD], "c").api_token()
+CHAT = "/v1/chat/completions"
+
+
+def _check(ring: Keyring, header: str, seen: ReplayGuard, path: str = CHAT, at: float = 100.0):
+    ring.check_request(header.partition(" ")[2], "POST", path, "a", at, seen)
+
+
+def test_a_signed_hop_is_good_once_for_its_request_within_the_window() -> None:
+    ring, seen = Keyring([OLD], "c"), ReplayGuard()
+    header = ring.sign_request("POST", CHAT, "a", 100.0)
+    assert header.startswith("Cairn-Peer t=100.000,n=")
+    _check(ring, header, seen)
+    with pytest.raises(Dropped, match="replayed"):
+        _check(ring, header, seen)
+    fresh = ring.sign_request("POST", CHAT, "a", 100.0)
+    with pytest.raises(Dropped, match="bad signature"):
+        _check(ring, fresh, seen, path="/v1/embeddings")
+    with pytest.raises(Dropped, match="bad signature"):
+        ring.check_request(fresh.partition(" ")[2], "POST", CHAT, "mallory", 100.0, seen)
+    with pytest.raises(Dropped, match="replay_window"):
+        _check(ring, fresh, seen, at=131.0)
+    for junk in ("", "t=x,n=1,s=2", "t=nan,n=1,s=2", "t=1,n=,s=2", "t=1,n=1,s=\u00e9"):
+        with pytest.raises(Dropped, match="malformed"):
+            ring.check_request(junk, "POST", CHAT, "a", 1.0, seen)
+
+
+def test_a_hop_signed_with_any_installed_key_is_accepted() -> None:
+    seen = ReplayGuard()
+    _check(Keyring([NEW, OLD], "c"), Keyring([OLD], "c").sign_request("POST", CHAT, "a", 100), seen)
+    with pytest.raises(Dropped, match="bad signature"):
+        _check(Keyring([NEW], "c"), Keyring([OLD], "c").sign_request("POST", CHAT, "a", 100), seen)
 
 
 def test_key_file_primary_first_comments_skipped(tmp_path: Path) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import hashlib
+import hmac
+import math
 import os
 import struct
 from pathlib import Path
@@ -23,6 +26,7 @@ OVERHEAD = 1 + NONCE_BYTES + 8 + TAG_BYTES  # version, nonce, sent-at timestamp,
 REPLAY_WINDOW_S = 30.0  # packets sent longer ago (or this far in the future) are refused
 REPLAY_CACHE_MAX = 200_000  # nonces remembered inside the window; far above any real rate
 _STAMP = struct.Struct(">d")
+PEER_SCHEME = "Cairn-Peer"  # Authorization: Cairn-Peer t=<sent at>,n=<nonce>,s=<signature>
 
 
 class KeyringError(ConfigError):
@@ -52,6 +56,8 @@ class Keyring:
         self.keys = list(keys)
         self._aeads = [AESGCM(k) for k in keys]
         self.aad = b"cairn-gossip/1/" + cluster.encode()
+        # A separate key per gossip key for signing forwarded API requests (never the AES key).
+        self._request_keys = [_derive(k, b"cairn peer request/1") for k in keys]
 
     @classmethod
     def from_file(cls, path: str | Path, cluster: str) -> Keyring:
@@ -97,18 +103,43 @@ class Keyring:
             return nonce, sent, plain[_STAMP.size :]
         raise Dropped("decrypt")
 
-    def api_token(self) -> str:
-        """The bearer token forwarded requests carry, derived from the primary key."""
-        return _derive_token(self.keys[0])
+    def sign_request(self, method: str, path: str, sender: str, wall: float) -> str:
+        """The Authorization value of one forwarded request: bound to it, good once, briefly."""
+        stamp, nonce = f"{wall:.3f}", base64.urlsafe_b64encode(os.urandom(16)).decode()
+        sig = _sign(self._request_keys[0], method, path, sender, stamp, nonce)
+        return f"{PEER_SCHEME} t={stamp},n={nonce},s={sig}"
 
-    def api_tokens(self) -> list[str]:
-        """Tokens accepted from peers: one per installed key, so rotation never locks out."""
-        return [_derive_token(k) for k in self.keys]
+    def check_request(
+        self, credentials: str, method: str, path: str, sender: str, wall: float, seen: ReplayGuard
+    ) -> None:
+        """Accept a forwarded request's signature (any installed key) or raise Dropped(why)."""
+        fields = {}
+        for field in credentials.split(","):
+            name, _, value = field.strip().partition("=")
+            fields[name] = value
+        stamp, nonce, sig = fields.get("t", ""), fields.get("n", ""), fields.get("s", "")
+        try:
+            sent = float(stamp)
+        except ValueError:
+            raise Dropped("malformed") from None
+        if not (nonce and sig and sig.isascii() and math.isfinite(sent)):
+            raise Dropped("malformed")
+        if not any(
+            hmac.compare_digest(sig, _sign(k, method, path, sender, stamp, nonce))
+            for k in self._request_keys
+        ):
+            raise Dropped("bad signature")
+        seen.check(nonce.encode(), sent, wall)  # only signed nonces take room in the cache
 
 
-def _derive_token(key: bytes) -> str:
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"cairn api token/1")
-    return base64.urlsafe_b64encode(hkdf.derive(key)).decode().rstrip("=")
+def _derive(key: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
+
+
+def _sign(key: bytes, method: str, path: str, sender: str, stamp: str, nonce: str) -> str:
+    # Header values may carry undecodable bytes (aiohttp keeps them as surrogates).
+    msg = "\n".join((method, path, sender, stamp, nonce)).encode(errors="surrogateescape")
+    return base64.urlsafe_b64encode(hmac.digest(key, msg, hashlib.sha256)).decode().rstrip("=")
 
 
 class ReplayGuard:

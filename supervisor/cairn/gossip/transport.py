@@ -10,9 +10,13 @@ from collections.abc import Callable
 
 from cairn.gossip.clock import Addr
 from cairn.gossip.membership import MAX_STREAM_BYTES, Membership
+from cairn.guard import ConnectionLimits
 
 log = logging.getLogger(__name__)
 _FRAME = struct.Struct(">I")
+# Inbound push-pull streams open at once: a peer has one or two in flight; more is a flood.
+STREAMS_PER_PEER = 8
+STREAMS_TOTAL = 128
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -43,6 +47,7 @@ class SocketTransport:
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.limits = ConnectionLimits("gossip", STREAMS_PER_PEER, STREAMS_TOTAL)
 
     async def start(self, host: str, port: int, member: Membership) -> None:
         """Bind UDP and TCP on the same port."""
@@ -105,7 +110,13 @@ class SocketTransport:
         done(reply)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else ""
+        if not self.limits.admit(client):
+            writer.transport.abort()  # the descriptor is free again at once
+            return
         try:
+            # One deadline for the whole exchange: a peer that trickles its frame is cut off.
             async with asyncio.timeout(self.tcp_timeout):
                 try:
                     data = await _read_frame(reader)
@@ -120,6 +131,7 @@ class SocketTransport:
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
             log.debug("incoming stream failed: %s", err)
         finally:
+            self.limits.release(client)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import msgspec
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from cairn.config import Config, ModelConfig, ModelKind, WorkerManager
+from cairn.guard import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from cairn.inference import openai
 from cairn.inference.children import ChildUnits, ChildWorker
 from cairn.sleep import Phase, Sleepable, Sleeper
@@ -213,18 +215,13 @@ class Inference:
 
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/...: pick the model from the body, forward to its worker, stream back."""
-        limit = self.config.inference.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return openai.error(413, f"request body over {limit} bytes", "invalid_request_error")
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
-            return openai.error(413, f"request body over {limit} bytes", "invalid_request_error")
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
         try:
-            doc = msgspec.json.decode(body)
-        except msgspec.DecodeError as err:
-            return openai.error(
-                400, f"request body is not valid JSON: {err}", "invalid_request_error"
-            )
+            doc = openai.parse(body, object)
+        except openai.RequestError as err:
+            return openai.error(400, str(err), "invalid_request_error")
         name = doc.get("model") if isinstance(doc, dict) else None
         if not isinstance(name, str):
             return openai.error(
@@ -274,6 +271,29 @@ class Inference:
             return await self._serve(request, model, body, streaming)
         finally:
             self.sleeper.end(model.unit)
+
+    async def _body(self, request: web.Request) -> bytes | web.Response:
+        """The whole body (to EOF, however it was split), or the error answer: too big, too slow."""
+        limit = self.config.inference.max_body_bytes
+        too_big = openai.error(413, f"request body over {limit} bytes", "invalid_request_error")
+        if request.content_length is not None and request.content_length > limit:
+            return too_big
+        body = bytearray()
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):  # a client trickling its body is cut off
+                async for piece in request.content.iter_any():
+                    body += piece
+                    if len(body) > limit:
+                        return too_big
+        except TimeoutError:
+            return openai.error(
+                408,
+                f"request body not received within {BODY_TIMEOUT_S:g} s",
+                "invalid_request_error",
+            )
+        except RequestPayloadError as err:  # e.g. a gzip body that does not decompress
+            return openai.error(400, f"request body is malformed: {err}", "invalid_request_error")
+        return bytes(body)
 
     async def _serve(
         self, request: web.Request, model: Model, body: bytes, streaming: bool
@@ -378,13 +398,19 @@ class Inference:
         assert self.cluster is not None
         if self._peers is None:
             self._peers = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=PEER_CONNECT_TIMEOUT_S)
+                # Idle connections go before the peer's header timeout would close them.
+                connector=aiohttp.TCPConnector(keepalive_timeout=HEADER_TIMEOUT_S / 2),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=PEER_CONNECT_TIMEOUT_S),
             )
         host = f"[{peer.host}]" if ":" in peer.host else peer.host
+        me = self.cluster.name
         headers = {
             "Content-Type": "application/json",
-            "Authorization": f"Bearer {self.cluster.keyring.api_token()}",
-            FORWARDED_BY: self.cluster.name,
+            # Signed for this one request: a captured header opens nothing else, and only once.
+            "Authorization": self.cluster.keyring.sign_request(
+                "POST", request.path, me, time.time()
+            ),
+            FORWARDED_BY: me,
         }
         try:
             async with self._peers.post(

@@ -110,15 +110,17 @@ class RequestError(Exception):
 
 
 def parse(body: bytes, kind: type[T]) -> T:
-    """Decode and validate a request body; RequestError names the field on failure."""
+    """Decode and validate a request body; RequestError names the field or the fault."""
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as err:
         raise RequestError(f"invalid request: {err}", locate(err).path or None) from None
     except msgspec.DecodeError as err:
         raise RequestError(f"request body is not valid JSON: {err}", None) from None
-    except UnicodeDecodeError:
-        raise RequestError("request body is not UTF-8", None) from None
+    except UnicodeDecodeError as err:
+        raise RequestError(f"request body is not valid UTF-8: {err}", None) from None
+    except RecursionError:  # msgspec's decoder recurses per level: e.g. 100000 '['
+        raise RequestError("request body is not valid JSON: nested too deeply", None) from None
 
 
 def check_stop(stop: tuple[str, ...]) -> None:

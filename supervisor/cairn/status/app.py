@@ -109,7 +109,9 @@ def _static(name: str, content_type: str) -> Handler:
 
 def create_app(sup: Supervisor) -> web.Application:
     """Build the status app around a supervisor."""
-    app = web.Application(middlewares=[errors_as_json, auth.middleware(sup.accepted_tokens)])
+    app = web.Application(
+        middlewares=[errors_as_json, auth.middleware(sup.accepted_tokens, sup.peer_keyring)]
+    )
     app[SUPERVISOR] = sup
     app[METRICS] = Metrics(sup)
     app.router.add_get("/", _static("dashboard.html", "text/html"))

@@ -57,6 +57,7 @@ class NodeCollector(Collector):
         yield from self._gossip()
         yield from self._sleep()
         yield from self._heal()
+        yield from self._connections()
         fwd = CounterMetricFamily(
             "cairn_requests_forwarded", "Requests this node passed on to a peer's front."
         )
@@ -69,6 +70,23 @@ class NodeCollector(Collector):
         if current:
             gen.add_metric([], current[0])
         yield gen
+
+    def _connections(self) -> Iterator[Metric]:
+        sup = self.sup
+        listeners = [sup.connections]
+        if sup.cluster is not None:
+            listeners.append(sup.cluster.transport.limits)
+        opened = _gauge("connections_open", "Open inbound TCP connections.", ["listener"])
+        refused = CounterMetricFamily(
+            "cairn_connections_refused",
+            "Inbound connections closed at once: over a cap per client, or in all.",
+            labels=["listener", "reason"],
+        )
+        for limits in listeners:
+            opened.add_metric([limits.name], limits.open_total)
+            for reason in ("per_client", "total"):
+                refused.add_metric([limits.name, reason], limits.refused[reason])
+        yield from (opened, refused)
 
     def _heal(self) -> Iterator[Metric]:
         sup = self.sup

@@ -1,0 +1,74 @@
+"""Who may drive the API from this machine: local tools yes, a web page in a browser no."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import openai
+
+from tests.conftest import Node
+
+CHAT = json.dumps({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def _call(
+    node: Node, path: str, headers: dict[str, str], body: bytes | None = None
+) -> tuple[int, Any]:
+    req = urllib.request.Request(node.url + path, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_a_post_that_is_not_json_is_refused_415(start_node: Callable[..., Node]) -> None:
+    node = start_node()
+    # What a page on another site can send without a CORS preflight.
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; b=x"):
+        code, doc = _call(node, "/v1/chat/completions", {"Content-Type": kind}, CHAT)
+        assert code == 415, (kind, doc)
+        assert doc["error"]["code"] == "unsupported_media_type"  # OpenAI's shape under /v1
+    code, doc = _call(node, "/v1/chat/completions", {"Content-Type": "application/json"}, CHAT)
+    assert code == 404 and doc["error"]["code"] == "model_not_found"  # got through
+
+
+def test_a_request_from_another_site_is_refused_403(start_node: Callable[..., Node]) -> None:
+    node = start_node()
+    evil = {"Origin": "http://evil.example", "Content-Type": "application/json"}
+    assert _call(node, "/v1/chat/completions", evil, CHAT)[0] == 403
+    code, doc = _call(node, "/status", {"Origin": "http://evil.example"})
+    assert code == 403 and doc["error"]["status"] == 403  # the status API's shape
+    assert _call(node, "/status", {"Origin": "null"})[0] == 403  # a sandboxed frame, a file
+    own = node.url  # the dashboard fetching /status from its own page
+    assert _call(node, "/status", {"Origin": own})[0] == 200
+
+
+def test_loopback_trust_needs_a_host_that_names_this_machine(
+    start_node: Callable[..., Node],
+) -> None:
+    node = start_node(token="access-test-operator-token-01")
+    port = node.url.rpartition(":")[2]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost"):
+        assert _call(node, "/status", {"Host": host})[0] == 200, host
+    # A name rebound to 127.0.0.1 by its DNS (a page in a browser here): a network client.
+    rebound = {"Host": f"rebind.evil.example:{port}"}
+    code, doc = _call(node, "/status", rebound)
+    assert code == 401, doc
+    assert _call(node, "/status", {**rebound, "Authorization": f"Bearer {node.token}"})[0] == 200
+
+
+def test_the_openai_sdk_on_loopback_works_with_any_key(start_node: Callable[..., Node]) -> None:
+    node = start_node(token="access-test-operator-token-02")
+    client = openai.OpenAI(base_url=node.url + "/v1", api_key="anything", max_retries=0)
+    assert list(client.models.list()) == []
+    try:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    except openai.NotFoundError as err:  # past the middleware: the SDK sends JSON
+        assert err.code == "model_not_found"
+    else:
+        raise AssertionError("a model that does not exist answered")

@@ -1,0 +1,76 @@
+"""The front reads request bodies whole, under a deadline, and refuses broken ones with a 4xx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from cairn import config
+from cairn.daemon import Supervisor
+from cairn.inference import front
+from cairn.status.app import create_app
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, tmp_path: Path) -> TestClient:
+    cfg = config.from_mapping(
+        {
+            "version": 1,
+            "node": {"name": "unit", "state_dir": str(tmp_path)},
+            "probe": {"nix_profiles": str(tmp_path / "nix")},
+            "inference": {"max_body_bytes": 4096},
+        }
+    )
+    c: TestClient = await aiohttp_client(create_app(Supervisor(cfg)))
+    return c
+
+
+async def _raw(client: TestClient, pieces: list[bytes], pause: float) -> tuple[int, Any]:
+    """Send pieces a pause apart on one connection; the status and JSON body of the answer."""
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    for piece in pieces:
+        writer.write(piece)
+        await asyncio.sleep(pause)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    body = await reader.readexactly(length)
+    writer.close()
+    return int(head.split()[1]), json.loads(body)
+
+
+HEAD = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+)
+
+
+async def test_a_body_trickled_past_the_deadline_is_408(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(front, "BODY_TIMEOUT_S", 0.3)
+    status, doc = await _raw(client, [HEAD + b"Content-Length: 100\r\n\r\n", b'{"mo'], 0.6)
+    assert status == 408 and "not received within" in doc["error"]["message"]
+
+
+async def test_a_body_over_the_limit_is_413_however_it_is_framed(client: TestClient) -> None:
+    big = b'{"model": "m", "x": "' + b"x" * 5000 + b'"}'
+    resp = await client.post("/v1/chat/completions", data=big, headers=_json())
+    assert resp.status == 413
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (big[:3000], big[3000:]))
+    status, _ = await _raw(client, [HEAD + b"Transfer-Encoding: chunked\r\n\r\n", chunks], 0.05)
+    assert status == 413
+
+
+async def test_a_body_that_does_not_decompress_is_400(client: TestClient) -> None:
+    head = HEAD + b"Content-Encoding: gzip\r\nContent-Length: 9\r\n\r\n"
+    status, doc = await _raw(client, [head, b"not gzip!"], 0.2)  # the handler is reading by now
+    assert status == 400 and "malformed" in doc["error"]["message"], doc
+
+
+def _json() -> dict[str, str]:
+    return {"Content-Type": "application/json"}
