@@ -4,7 +4,6 @@ let
   inherit (lib)
     concatMap
     concatMapStringsSep
-    elemAt
     filter
     length
     literalExpression
@@ -31,29 +30,11 @@ let
   # ONNX workers pick onnxruntime's CUDA provider by themselves when the package has it.
   usesGpu = m: gpuHost && (m.kind == "onnx" || m.gpuLayers > 0);
 
-  # A systemd drop-in (`Key=value` lines, `#` comments, a `[Service]` header) as serviceConfig.
-  # A key given twice becomes a list in file order, which systemd reads the same way. The same
-  # files are installed verbatim by the real-systemd integration test: one source for both.
-  readUnitFile =
-    file:
-    let
-      entry =
-        line:
-        let
-          kv = builtins.match "([A-Za-z]+)=(.*)" line;
-        in
-        if line == "" || lib.hasPrefix "#" line || line == "[Service]" then
-          [ ]
-        else if kv == null then
-          throw "${toString file}: expected a `Key=value` line, a `#` comment or `[Service]`, got '${line}'"
-        else
-          [ { ${elemAt kv 0} = elemAt kv 1; } ];
-      entries = concatMap entry (lib.splitString "\n" (builtins.readFile file));
-    in
-    lib.zipAttrsWith (_: values: if length values == 1 then lib.head values else values) entries;
-
-  hardening = readUnitFile ./model-unit-hardening.conf;
-  gpuAccess = readUnitFile ./model-unit-gpu.conf;
+  # The drop-in files are read as serviceConfig by modules/lib/unit-file.nix; the integration
+  # tests install the same files verbatim.
+  inherit (import ./lib) unitFile;
+  hardening = unitFile.settings ./model-unit-hardening.conf;
+  gpuAccess = unitFile.settings ./model-unit-gpu.conf;
 
   # The cores a worker's unit may run on; empty leaves the manager's CPUAffinity (housekeeping).
   cores =
