@@ -288,6 +288,31 @@ in
       optional (m.gpuLayers > 0 && !gpuHost) "${optionPath name}.gpuLayers: ${toString m.gpuLayers} layers asked for, but this host has no NVIDIA driver (services.xserver.videoDrivers); the worker runs on the CPU"
     ) (lib.attrNames cfg.models);
 
+    # The supervisor may start, stop and heal the workers of the declared models, each by its
+    # exact name: the templates above give every one of them a unit file (supervisor.nix
+    # asserts that), so none can be created as a transient unit. A host without models allows
+    # no cairn-model@ name at all.
+    services.cairn.managedUnits = mkMerge (
+      mapAttrsToList (name: _: {
+        "cairn-model@${name}.service" = [
+          "start"
+          "stop"
+          "restart"
+          "try-restart"
+          "kill"
+          "reset-failed"
+          "freeze"
+          "thaw"
+        ];
+        "cairn-model@${name}.socket" = [
+          "start"
+          "stop"
+          "restart"
+          "reset-failed"
+        ];
+      }) cfg.models
+    );
+
     services.cairn.settings = {
       inference = {
         workers = "systemd";

@@ -7,7 +7,6 @@
 }:
 let
   inherit (lib)
-    concatMapStringsSep
     concatStringsSep
     literalExpression
     literalMD
@@ -18,7 +17,6 @@ let
     mkOption
     nameValuePair
     optionals
-    replaceStrings
     types
     ;
 
@@ -45,34 +43,36 @@ let
 
   gpuHost = lib.elem "nvidia" config.services.xserver.videoDrivers;
 
-  # Unit-name globs become anchored JS regexes: the option type allows only [A-Za-z0-9@:._*-],
-  # so '.' is the one regex character to escape.
-  unitRegex = glob: "/^${replaceStrings [ "." "*" ] [ "\\." "[^/]+" ] glob}$/";
-  jsString = s: "\"${s}\"";
-  polkitRule = ''
-    // Cairn: the supervisor (user ${cfg.user}) may manage its own units, nothing else.
-    polkit.addRule(function (action, subject) {
-      if (action.id !== "org.freedesktop.systemd1.manage-units" || subject.user !== "${cfg.user}") {
-        return polkit.Result.NOT_HANDLED;
-      }
-      var unit = action.lookup("unit");
-      var verb = action.lookup("verb");
-      var allowed = [
-    ${concatStringsSep ",\n" (
-      mapAttrsToList (
-        glob: verbs:
-        "    { unit: ${unitRegex glob}, verbs: [ ${concatMapStringsSep ", " jsString verbs} ] }"
-      ) cfg.managedUnits
-    )}
-      ];
-      for (var i = 0; i < allowed.length; i++) {
-        if (allowed[i].unit.test(unit) && allowed[i].verbs.indexOf(verb) !== -1) {
-          return polkit.Result.YES;
-        }
-      }
-      return polkit.Result.NOT_HANDLED;
-    });
-  '';
+  cairnLib = import ./lib;
+
+  # The polkit rule is rendered by modules/lib/polkit.nix, the same function the nspawn test
+  # (tests/integration/test_polkit.py) renders and installs under real polkit and systemd.
+  polkitRule = cairnLib.polkit.manageUnitsRule {
+    inherit (cfg) user;
+    units = cfg.managedUnits;
+  };
+
+  # Units that come with systemd itself (NixOS links them from the systemd package: its
+  # `upstreamSystemUnits`), which the rule may name without a definition in this system.
+  # suspend.target is one; a target can never be transient either (systemd has no transient
+  # targets).
+  upstreamUnits = [ "suspend.target" ];
+
+  # Names with a unit file on this system: every unit NixOS generates (`systemd.units`: the
+  # services, sockets, targets, timers, ... by full name), enabled (a disabled one is a link to
+  # /dev/null) and not only a drop-in (`overrideStrategy = "asDropin"`: the instances of a
+  # template, whose file is the template's, "NAME@.service"), plus the upstream ones above.
+  unitFiles =
+    upstreamUnits
+    ++ lib.attrNames (
+      lib.filterAttrs (
+        _: u: u.enable && (u.overrideStrategy or "asDropinIfExists") != "asDropin"
+      ) config.systemd.units
+    );
+  missingUnits = cairnLib.polkit.missingUnits {
+    units = cfg.managedUnits;
+    withFile = unitFiles;
+  };
 in
 {
   options.services.cairn = {
@@ -287,19 +287,28 @@ in
     managedUnits = mkOption {
       type = types.attrsOf (types.listOf types.str);
       default = { };
-      example = literalExpression ''{ "cairn-sleep@*.service" = [ "start" "stop" ]; }'';
+      example = literalExpression ''{ "jupyter.service" = [ "start" "stop" ]; }'';
       description = ''
-        Units the supervisor may manage through systemd's D-Bus API, as unit-name globs (`*`
-        matches within one name) mapped to the polkit `verb`s allowed on them (`start`,
-        `stop`, `restart`, `kill`, `reset-failed`, ...). Rendered into one polkit rule for
-        `org.freedesktop.systemd1.manage-units`.
+        Units the supervisor may manage through systemd's D-Bus API, as exact unit names mapped
+        to the polkit `verb`s allowed on them (`start`, `stop`, `restart`, `try-restart`,
+        `kill`, `reset-failed`, ...). Rendered into one polkit rule for
+        `org.freedesktop.systemd1.manage-units` that refuses every other unit action of
+        {option}`services.cairn.user`.
 
-        This module always adds the model workers (`cairn-model@*.service`,
-        `cairn-model@*.socket`) and `cairn-rollback.service` (start only), each
+        Every name must have a unit file on the system (a unit defined in `systemd.services`,
+        `systemd.sockets`, ... or `systemd.units`, or an instance of a defined template; for a
+        unit that only a package in `systemd.packages` ships, define it, even empty, in
+        `systemd.services`), else evaluation fails: systemd asks polkit about creating a
+        transient unit with the same name and verb as about starting it, so a name without a
+        file would let the supervisor create it with any command, as root. No globs, for the
+        same reason.
+
+        This module always adds `cairn-rollback.service` (start only), each
         {option}`services.cairn.sleepable` service (start, stop) and, with
-        `settings.power.enable`, `suspend.target` (start); definitions
-        elsewhere merge with those per glob (the verb lists are concatenated), so a later
-        capability only names its own units.
+        `settings.power.enable`, `suspend.target` (start); `modules/inference.nix` adds
+        `cairn-model@NAME.service` and `.socket` for each declared model. Definitions elsewhere
+        merge with those per name (the verb lists are concatenated), so a later capability only
+        names its own units.
       '';
     };
   };
@@ -323,8 +332,10 @@ in
         message = "services.cairn.apiTokenFile: '${toString cfg.apiTokenFile}' must be an absolute path on the node, outside the Nix store";
       }
       {
-        assertion = lib.all (g: builtins.match "[A-Za-z0-9@:._*-]+" g != null) (lib.attrNames cfg.managedUnits);
-        message = "services.cairn.managedUnits: unit globs may only use letters, digits, '@', ':', '.', '_', '-' and '*'";
+        assertion = missingUnits == [ ];
+        message = "services.cairn.managedUnits: ${concatStringsSep ", " missingUnits} ha${
+          if lib.length missingUnits == 1 then "s" else "ve"
+        } no unit file on this system; define the unit (or its template), or remove the name: polkit cannot tell starting a unit from creating a transient one under that name";
       }
     ];
 
@@ -332,22 +343,6 @@ in
     # these instead of replacing them.
     services.cairn.managedUnits = lib.mkMerge [
       {
-        "cairn-model@*.service" = [
-          "start"
-          "stop"
-          "restart"
-          "try-restart"
-          "kill"
-          "reset-failed"
-          "freeze"
-          "thaw"
-        ];
-        "cairn-model@*.socket" = [
-          "start"
-          "stop"
-          "restart"
-          "reset-failed"
-        ];
         # The privileged rollback helper: the supervisor may only start it.
         "cairn-rollback.service" = [ "start" ];
       }
