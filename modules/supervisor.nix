@@ -16,7 +16,7 @@ let
     mkIf
     mkOption
     nameValuePair
-    optionals
+    optionalAttrs
     types
     ;
 
@@ -73,6 +73,9 @@ let
     units = cfg.managedUnits;
     withFile = unitFiles;
   };
+
+  # The sandbox of cairn.service; the nspawn test boots the daemon under the same file.
+  hardening = cairnLib.unitFile.settings ./cairn-unit-hardening.conf;
 in
 {
   options.services.cairn = {
@@ -409,16 +412,12 @@ in
       serviceConfig = {
         Type = "oneshot";
         ExecStart = "${lib.getExe cfg.package} rollback-helper --config ${configFile} --state-dir /var/lib/cairn";
-        # A whole switch-to-configuration runs inside: activation writes /etc, /boot, /var and
-        # the profiles, manages users, sets the hostname and talks to PID 1. So it keeps root,
-        # the host's file systems, devices and namespaces; only what a switch never needs is cut.
-        LockPersonality = true;
-        RestrictRealtime = true;
-        ProtectClock = true;
-        ProtectKernelLogs = true;
-        SystemCallArchitectures = "native";
         TimeoutStartSec = "15min";
-      };
+      }
+      # A whole switch-to-configuration runs inside, so it keeps root, the host's files, devices
+      # and namespaces; only what a switch never needs is cut. The file names every exposure
+      # that remains and why.
+      // cairnLib.unitFile.settings ./cairn-rollback-hardening.conf;
     };
 
     systemd.services.cairn = {
@@ -458,55 +457,18 @@ in
         StateDirectory = "cairn";
         StateDirectoryMode = "0750";
         WorkingDirectory = "/var/lib/cairn";
-
-        # Hardening baseline (as ollama.nix); each relaxation says why.
-        CapabilityBoundingSet = [ "" ];
-        AmbientCapabilities = [ "" ];
-        NoNewPrivileges = true;
-        LockPersonality = true;
-        # pydbus runs on pygobject, whose callbacks are libffi closures; those may need
-        # writable+executable memory.
-        MemoryDenyWriteExecute = false;
-        # NVML needs the NVIDIA character devices; DevicePolicy below keeps everything else out.
-        PrivateDevices = !gpuHost;
-        DevicePolicy = "closed";
-        DeviceAllow = optionals gpuHost [
+      }
+      # The sandbox and LimitNOFILE, each relaxation with its reason: cairn-unit-hardening.conf.
+      // hardening
+      // optionalAttrs gpuHost {
+        # NVML needs the NVIDIA character devices; DevicePolicy=closed keeps everything else out.
+        PrivateDevices = false;
+        DeviceAllow = [
           "char-nvidiactl"
           "char-nvidia-caps"
           "char-nvidia-frontend"
           "char-nvidia-uvm"
         ];
-        PrivateTmp = true;
-        # polkit authorizes unit management by the caller's real UID; stay in the host user
-        # namespace so the D-Bus peer is plainly user cairn.
-        PrivateUsers = false;
-        # The probe reads /proc/stat, /proc/meminfo and /proc/PID/task/*/status of the
-        # workers (other, dynamic users) to verify core pinning.
-        ProcSubset = "all";
-        ProtectProc = "default";
-        ProtectClock = true;
-        ProtectControlGroups = true;
-        ProtectHome = true;
-        ProtectHostname = true;
-        ProtectKernelLogs = true;
-        ProtectKernelModules = true;
-        ProtectKernelTunables = true;
-        ProtectSystem = "strict";
-        RemoveIPC = true;
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        RestrictAddressFamilies = [
-          "AF_INET"
-          "AF_INET6"
-          "AF_UNIX"
-        ];
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service @resources"
-          "~@privileged"
-        ];
-        UMask = "0027";
       }
       // {
         # systemd reads the secrets as root and hands the daemon private copies.
