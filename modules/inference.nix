@@ -4,7 +4,6 @@ let
   inherit (lib)
     concatMap
     concatMapStringsSep
-    elemAt
     filter
     length
     literalExpression
@@ -31,29 +30,11 @@ let
   # ONNX workers pick onnxruntime's CUDA provider by themselves when the package has it.
   usesGpu = m: gpuHost && (m.kind == "onnx" || m.gpuLayers > 0);
 
-  # A systemd drop-in (`Key=value` lines, `#` comments, a `[Service]` header) as serviceConfig.
-  # A key given twice becomes a list in file order, which systemd reads the same way. The same
-  # files are installed verbatim by the real-systemd integration test: one source for both.
-  readUnitFile =
-    file:
-    let
-      entry =
-        line:
-        let
-          kv = builtins.match "([A-Za-z]+)=(.*)" line;
-        in
-        if line == "" || lib.hasPrefix "#" line || line == "[Service]" then
-          [ ]
-        else if kv == null then
-          throw "${toString file}: expected a `Key=value` line, a `#` comment or `[Service]`, got '${line}'"
-        else
-          [ { ${elemAt kv 0} = elemAt kv 1; } ];
-      entries = concatMap entry (lib.splitString "\n" (builtins.readFile file));
-    in
-    lib.zipAttrsWith (_: values: if length values == 1 then lib.head values else values) entries;
-
-  hardening = readUnitFile ./model-unit-hardening.conf;
-  gpuAccess = readUnitFile ./model-unit-gpu.conf;
+  # The drop-in files are read as serviceConfig by modules/lib/unit-file.nix; the integration
+  # tests install the same files verbatim.
+  inherit (import ./lib) unitFile;
+  hardening = unitFile.settings ./model-unit-hardening.conf;
+  gpuAccess = unitFile.settings ./model-unit-gpu.conf;
 
   # The cores a worker's unit may run on; empty leaves the manager's CPUAffinity (housekeeping).
   cores =
@@ -306,6 +287,31 @@ in
       in
       optional (m.gpuLayers > 0 && !gpuHost) "${optionPath name}.gpuLayers: ${toString m.gpuLayers} layers asked for, but this host has no NVIDIA driver (services.xserver.videoDrivers); the worker runs on the CPU"
     ) (lib.attrNames cfg.models);
+
+    # The supervisor may start, stop and heal the workers of the declared models, each by its
+    # exact name: the templates above give every one of them a unit file (supervisor.nix
+    # asserts that), so none can be created as a transient unit. A host without models allows
+    # no cairn-model@ name at all.
+    services.cairn.managedUnits = mkMerge (
+      mapAttrsToList (name: _: {
+        "cairn-model@${name}.service" = [
+          "start"
+          "stop"
+          "restart"
+          "try-restart"
+          "kill"
+          "reset-failed"
+          "freeze"
+          "thaw"
+        ];
+        "cairn-model@${name}.socket" = [
+          "start"
+          "stop"
+          "restart"
+          "reset-failed"
+        ];
+      }) cfg.models
+    );
 
     services.cairn.settings = {
       inference = {

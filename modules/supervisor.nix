@@ -7,7 +7,6 @@
 }:
 let
   inherit (lib)
-    concatMapStringsSep
     concatStringsSep
     literalExpression
     literalMD
@@ -17,8 +16,7 @@ let
     mkIf
     mkOption
     nameValuePair
-    optionals
-    replaceStrings
+    optionalAttrs
     types
     ;
 
@@ -45,34 +43,39 @@ let
 
   gpuHost = lib.elem "nvidia" config.services.xserver.videoDrivers;
 
-  # Unit-name globs become anchored JS regexes: the option type allows only [A-Za-z0-9@:._*-],
-  # so '.' is the one regex character to escape.
-  unitRegex = glob: "/^${replaceStrings [ "." "*" ] [ "\\." "[^/]+" ] glob}$/";
-  jsString = s: "\"${s}\"";
-  polkitRule = ''
-    // Cairn: the supervisor (user ${cfg.user}) may manage its own units, nothing else.
-    polkit.addRule(function (action, subject) {
-      if (action.id !== "org.freedesktop.systemd1.manage-units" || subject.user !== "${cfg.user}") {
-        return polkit.Result.NOT_HANDLED;
-      }
-      var unit = action.lookup("unit");
-      var verb = action.lookup("verb");
-      var allowed = [
-    ${concatStringsSep ",\n" (
-      mapAttrsToList (
-        glob: verbs:
-        "    { unit: ${unitRegex glob}, verbs: [ ${concatMapStringsSep ", " jsString verbs} ] }"
-      ) cfg.managedUnits
-    )}
-      ];
-      for (var i = 0; i < allowed.length; i++) {
-        if (allowed[i].unit.test(unit) && allowed[i].verbs.indexOf(verb) !== -1) {
-          return polkit.Result.YES;
-        }
-      }
-      return polkit.Result.NOT_HANDLED;
-    });
-  '';
+  cairnLib = import ./lib;
+
+  # The polkit rule is rendered by modules/lib/polkit.nix, the same function the nspawn test
+  # (tests/integration/test_polkit.py) renders and installs under real polkit and systemd.
+  polkitRule = cairnLib.polkit.manageUnitsRule {
+    inherit (cfg) user;
+    units = cfg.managedUnits;
+  };
+
+  # Units that come with systemd itself (NixOS links them from the systemd package: its
+  # `upstreamSystemUnits`), which the rule may name without a definition in this system.
+  # suspend.target is one; a target can never be transient either (systemd has no transient
+  # targets).
+  upstreamUnits = [ "suspend.target" ];
+
+  # Names with a unit file on this system: every unit NixOS generates (`systemd.units`: the
+  # services, sockets, targets, timers, ... by full name), enabled (a disabled one is a link to
+  # /dev/null) and not only a drop-in (`overrideStrategy = "asDropin"`: the instances of a
+  # template, whose file is the template's, "NAME@.service"), plus the upstream ones above.
+  unitFiles =
+    upstreamUnits
+    ++ lib.attrNames (
+      lib.filterAttrs (
+        _: u: u.enable && (u.overrideStrategy or "asDropinIfExists") != "asDropin"
+      ) config.systemd.units
+    );
+  missingUnits = cairnLib.polkit.missingUnits {
+    units = cfg.managedUnits;
+    withFile = unitFiles;
+  };
+
+  # The sandbox of cairn.service; the nspawn test boots the daemon under the same file.
+  hardening = cairnLib.unitFile.settings ./cairn-unit-hardening.conf;
 in
 {
   options.services.cairn = {
@@ -287,19 +290,28 @@ in
     managedUnits = mkOption {
       type = types.attrsOf (types.listOf types.str);
       default = { };
-      example = literalExpression ''{ "cairn-sleep@*.service" = [ "start" "stop" ]; }'';
+      example = literalExpression ''{ "jupyter.service" = [ "start" "stop" ]; }'';
       description = ''
-        Units the supervisor may manage through systemd's D-Bus API, as unit-name globs (`*`
-        matches within one name) mapped to the polkit `verb`s allowed on them (`start`,
-        `stop`, `restart`, `kill`, `reset-failed`, ...). Rendered into one polkit rule for
-        `org.freedesktop.systemd1.manage-units`.
+        Units the supervisor may manage through systemd's D-Bus API, as exact unit names mapped
+        to the polkit `verb`s allowed on them (`start`, `stop`, `restart`, `try-restart`,
+        `kill`, `reset-failed`, ...). Rendered into one polkit rule for
+        `org.freedesktop.systemd1.manage-units` that refuses every other unit action of
+        {option}`services.cairn.user`.
 
-        This module always adds the model workers (`cairn-model@*.service`,
-        `cairn-model@*.socket`) and `cairn-rollback.service` (start only), each
+        Every name must have a unit file on the system (a unit defined in `systemd.services`,
+        `systemd.sockets`, ... or `systemd.units`, or an instance of a defined template; for a
+        unit that only a package in `systemd.packages` ships, define it, even empty, in
+        `systemd.services`), else evaluation fails: systemd asks polkit about creating a
+        transient unit with the same name and verb as about starting it, so a name without a
+        file would let the supervisor create it with any command, as root. No globs, for the
+        same reason.
+
+        This module always adds `cairn-rollback.service` (start only), each
         {option}`services.cairn.sleepable` service (start, stop) and, with
-        `settings.power.enable`, `suspend.target` (start); definitions
-        elsewhere merge with those per glob (the verb lists are concatenated), so a later
-        capability only names its own units.
+        `settings.power.enable`, `suspend.target` (start); `modules/inference.nix` adds
+        `cairn-model@NAME.service` and `.socket` for each declared model. Definitions elsewhere
+        merge with those per name (the verb lists are concatenated), so a later capability only
+        names its own units.
       '';
     };
   };
@@ -323,8 +335,10 @@ in
         message = "services.cairn.apiTokenFile: '${toString cfg.apiTokenFile}' must be an absolute path on the node, outside the Nix store";
       }
       {
-        assertion = lib.all (g: builtins.match "[A-Za-z0-9@:._*-]+" g != null) (lib.attrNames cfg.managedUnits);
-        message = "services.cairn.managedUnits: unit globs may only use letters, digits, '@', ':', '.', '_', '-' and '*'";
+        assertion = missingUnits == [ ];
+        message = "services.cairn.managedUnits: ${concatStringsSep ", " missingUnits} ha${
+          if lib.length missingUnits == 1 then "s" else "ve"
+        } no unit file on this system; define the unit (or its template), or remove the name: polkit cannot tell starting a unit from creating a transient one under that name";
       }
     ];
 
@@ -332,22 +346,6 @@ in
     # these instead of replacing them.
     services.cairn.managedUnits = lib.mkMerge [
       {
-        "cairn-model@*.service" = [
-          "start"
-          "stop"
-          "restart"
-          "try-restart"
-          "kill"
-          "reset-failed"
-          "freeze"
-          "thaw"
-        ];
-        "cairn-model@*.socket" = [
-          "start"
-          "stop"
-          "restart"
-          "reset-failed"
-        ];
         # The privileged rollback helper: the supervisor may only start it.
         "cairn-rollback.service" = [ "start" ];
       }
@@ -414,16 +412,12 @@ in
       serviceConfig = {
         Type = "oneshot";
         ExecStart = "${lib.getExe cfg.package} rollback-helper --config ${configFile} --state-dir /var/lib/cairn";
-        # A whole switch-to-configuration runs inside: activation writes /etc, /boot, /var and
-        # the profiles, manages users, sets the hostname and talks to PID 1. So it keeps root,
-        # the host's file systems, devices and namespaces; only what a switch never needs is cut.
-        LockPersonality = true;
-        RestrictRealtime = true;
-        ProtectClock = true;
-        ProtectKernelLogs = true;
-        SystemCallArchitectures = "native";
         TimeoutStartSec = "15min";
-      };
+      }
+      # A whole switch-to-configuration runs inside, so it keeps root, the host's files, devices
+      # and namespaces; only what a switch never needs is cut. The file names every exposure
+      # that remains and why.
+      // cairnLib.unitFile.settings ./cairn-rollback-hardening.conf;
     };
 
     systemd.services.cairn = {
@@ -463,55 +457,18 @@ in
         StateDirectory = "cairn";
         StateDirectoryMode = "0750";
         WorkingDirectory = "/var/lib/cairn";
-
-        # Hardening baseline (as ollama.nix); each relaxation says why.
-        CapabilityBoundingSet = [ "" ];
-        AmbientCapabilities = [ "" ];
-        NoNewPrivileges = true;
-        LockPersonality = true;
-        # pydbus runs on pygobject, whose callbacks are libffi closures; those may need
-        # writable+executable memory.
-        MemoryDenyWriteExecute = false;
-        # NVML needs the NVIDIA character devices; DevicePolicy below keeps everything else out.
-        PrivateDevices = !gpuHost;
-        DevicePolicy = "closed";
-        DeviceAllow = optionals gpuHost [
+      }
+      # The sandbox and LimitNOFILE, each relaxation with its reason: cairn-unit-hardening.conf.
+      // hardening
+      // optionalAttrs gpuHost {
+        # NVML needs the NVIDIA character devices; DevicePolicy=closed keeps everything else out.
+        PrivateDevices = false;
+        DeviceAllow = [
           "char-nvidiactl"
           "char-nvidia-caps"
           "char-nvidia-frontend"
           "char-nvidia-uvm"
         ];
-        PrivateTmp = true;
-        # polkit authorizes unit management by the caller's real UID; stay in the host user
-        # namespace so the D-Bus peer is plainly user cairn.
-        PrivateUsers = false;
-        # The probe reads /proc/stat, /proc/meminfo and /proc/PID/task/*/status of the
-        # workers (other, dynamic users) to verify core pinning.
-        ProcSubset = "all";
-        ProtectProc = "default";
-        ProtectClock = true;
-        ProtectControlGroups = true;
-        ProtectHome = true;
-        ProtectHostname = true;
-        ProtectKernelLogs = true;
-        ProtectKernelModules = true;
-        ProtectKernelTunables = true;
-        ProtectSystem = "strict";
-        RemoveIPC = true;
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        RestrictAddressFamilies = [
-          "AF_INET"
-          "AF_INET6"
-          "AF_UNIX"
-        ];
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service @resources"
-          "~@privileged"
-        ];
-        UMask = "0027";
       }
       // {
         # systemd reads the secrets as root and hands the daemon private copies.

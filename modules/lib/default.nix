@@ -1,9 +1,11 @@
 # Cairn's pure-Nix helpers (builtins only): CPU lists, MAC maps, iPXE scripts, dnsmasq config,
-# the options document.
+# the options document, the supervisor's polkit rule, systemd drop-in files as settings.
 {
   cpus = import ./cpus.nix;
   mac = import ./mac.nix;
   ipxe = import ./ipxe.nix;
   dnsmasq = import ./dnsmasq.nix;
   optionsDoc = import ./options-doc.nix;
+  polkit = import ./polkit.nix;
+  unitFile = import ./unit-file.nix;
 }

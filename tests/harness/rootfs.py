@@ -12,36 +12,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = Path(os.environ.get("CAIRN_HARNESS_CACHE", "/var/cache/cairn-harness"))
-SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-# Runtime libraries of the bound host interpreter and the venv's wheels come from here.
-PACKAGES = (
-    "systemd",
-    "systemd-sysv",
-    "dbus",
-    "python3",
-    "iproute2",
-    "curl",
-    "libgirepository-1.0-1",
-    "gir1.2-glib-2.0",
-    "libssl3",
-    "libffi8",
-    "zlib1g",
-    "libbz2-1.0",
-    "liblzma5",
-    "libsqlite3-0",
-    "libreadline8",
-    "libncursesw6",
-    "libexpat1",
-    "libuuid1",
-    "libgomp1",
-    "libstdc++6",
-)
 # Units that only make sense on a real machine; masked so boots are quick and not degraded.
 MASKED_UNITS = (
     "console-getty.service",
@@ -59,30 +36,75 @@ MASKED_UNITS = (
 LAYOUT_VERSION = "2"
 
 
-def rootfs_key() -> str:
+@dataclass(frozen=True)
+class Flavour:
+    """A Debian release and the packages debootstrap adds to its minbase."""
+
+    suite: str
+    packages: tuple[str, ...]
+
+
+# Every node's default: runtime libraries of the bound host interpreter and the venv's wheels
+# come from here (the host is Debian 12 too).
+BOOKWORM = Flavour(
+    "bookworm",
+    (
+        "systemd",
+        "systemd-sysv",
+        "dbus",
+        "python3",
+        "iproute2",
+        "curl",
+        "libgirepository-1.0-1",
+        "gir1.2-glib-2.0",
+        "libssl3",
+        "libffi8",
+        "zlib1g",
+        "libbz2-1.0",
+        "liblzma5",
+        "libsqlite3-0",
+        "libreadline8",
+        "libncursesw6",
+        "libexpat1",
+        "libuuid1",
+        "libgomp1",
+        "libstdc++6",
+    ),
+)
+# systemd 257 and polkit 126, for the security tests of polkit rules: from 257 on systemd asks
+# polkit about StartTransientUnit with the unit's name (252 asks without one). Its glibc and
+# Python differ from the host's, so the bound venv does not run here: tests use the node's own
+# tools only.
+# libpam-systemd: polkitd needs default-logind, a virtual package debootstrap cannot resolve.
+TRIXIE = Flavour(
+    "trixie", ("systemd", "systemd-sysv", "dbus", "libpam-systemd", "polkitd", "util-linux")
+)
+
+
+def rootfs_key(flavour: Flavour = BOOKWORM) -> str:
     """Return the cache key: a hash of everything that shapes the rootfs."""
-    material = "\n".join((LAYOUT_VERSION, SUITE, MIRROR, *PACKAGES, *MASKED_UNITS))
-    return hashlib.sha256(material.encode()).hexdigest()[:16]
+    parts = (LAYOUT_VERSION, flavour.suite, MIRROR, *flavour.packages, *MASKED_UNITS)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def is_cached(cache_dir: Path = CACHE_DIR) -> bool:
-    """Return whether a complete rootfs for the current key is cached."""
-    return (cache_dir / f"rootfs-{rootfs_key()}").is_dir()
+def is_cached(cache_dir: Path = CACHE_DIR, flavour: Flavour = BOOKWORM) -> bool:
+    """Return whether a complete rootfs of that flavour is cached."""
+    return (cache_dir / f"rootfs-{rootfs_key(flavour)}").is_dir()
 
 
-def ensure_rootfs(cache_dir: Path = CACHE_DIR) -> Path:
+def ensure_rootfs(cache_dir: Path = CACHE_DIR, flavour: Flavour = BOOKWORM) -> Path:
     """Return the cached rootfs, building it first if no complete copy exists."""
-    final = cache_dir / f"rootfs-{rootfs_key()}"
+    final = cache_dir / f"rootfs-{rootfs_key(flavour)}"
     if final.is_dir():
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir / f"rootfs-{rootfs_key()}.lock") as lock_fd:
+    with _locked(cache_dir / f"{final.name}.lock") as lock_fd:
         if final.is_dir():  # another process built it while we waited
             return final
         _remove_stale_builds(cache_dir, final.name)
         build = Path(tempfile.mkdtemp(prefix=f"{final.name}.build-", dir=cache_dir))
         try:
-            _build(build, lock_fd)
+            _build(build, lock_fd, flavour)
         except BaseException:
             _unmount_below(build)
             shutil.rmtree(build, ignore_errors=True)
@@ -123,15 +145,15 @@ def _unmount_below(path: Path) -> None:
         subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
 
 
-def _build(target: Path, lock_fd: int) -> None:
+def _build(target: Path, lock_fd: int, flavour: Flavour) -> None:
     """Debootstrap into target and prepare it for booting under nspawn."""
     started = time.monotonic()
-    log.info("building rootfs %s (debootstrap %s, takes about a minute)", target, SUITE)
+    log.info("building rootfs %s (debootstrap %s, about a minute)", target, flavour.suite)
     argv = [
         "debootstrap",
         "--variant=minbase",
-        f"--include={','.join(PACKAGES)}",
-        SUITE,
+        f"--include={','.join(flavour.packages)}",
+        flavour.suite,
         str(target),
         MIRROR,
     ]

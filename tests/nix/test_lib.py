@@ -75,6 +75,8 @@ def test_lib_exports_the_agreed_interface() -> None:
         "ipxe": {"entryScript", "hostScript", "bootFiles"},
         "dnsmasq": {"proxyConfig"},
         "optionsDoc": {"render"},
+        "polkit": {"manageUnitsRule", "missingUnits"},
+        "unitFile": {"settings"},
     }
     assert set(exported) == set(agreed)
     for module, names in agreed.items():

@@ -37,6 +37,11 @@ pkgs.testers.runNixOSTest {
       # Stand-ins for a model worker (the supervisor may start it) and a foreign unit (it may not).
       systemd.services."cairn-model@" = sleeper;
       systemd.services.not-cairn = sleeper;
+      # Exact names only: the module allows cairn-model@ names for declared models alone.
+      services.cairn.managedUnits."cairn-model@probe.service" = [
+        "start"
+        "stop"
+      ];
 
       environment.systemPackages = [ pkgs.curl ];
     };
@@ -84,6 +89,7 @@ pkgs.testers.runNixOSTest {
         machine.wait_for_unit("cairn-model@probe.service")
         machine.succeed("runuser -u cairn -- systemctl stop cairn-model@probe.service")
         machine.fail("runuser -u cairn -- systemctl start not-cairn.service")
+        machine.fail("runuser -u cairn -- systemd-run --unit=cairn-model@pwn.service true")
         machine.fail("runuser -u nobody -- systemctl start cairn-model@probe.service")
 
     with subtest("the supervisor logs to the journal"):
