@@ -65,6 +65,7 @@ let
       gpu_layers = m.gpuLayers;
       idle_ttl = m.idleTtl;
       startup_timeout = m.startupTimeout;
+      request_timeout = m.requestTimeout;
     }
     // optionalAttrs (m.cpus != null) { inherit (m) cpus; };
 
@@ -216,6 +217,17 @@ let
         default = 120;
         example = 600;
         description = "Seconds the worker may take to load the model: the supervisor's wait, and the unit's `TimeoutStartSec=`.";
+      };
+
+      requestTimeout = mkOption {
+        type = types.ints.between 1 86400;
+        default = 600;
+        example = 120;
+        description = ''
+          Seconds one request may take in the worker (`request_timeout`); then the client gets
+          `504` and the connection to the worker is closed. A worker that hangs is restarted by
+          the supervisor's model probe (`settings.heal.probe_timeout`).
+        '';
       };
 
       cpus = mkOption {

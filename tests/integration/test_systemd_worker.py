@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -129,3 +130,26 @@ def test_worker_sandbox_exposure_is_at_most_2(cluster_factory) -> None:
     # "→ Overall exposure level for cairn-model@demo.service: 0.3 SAFE 😀"
     exposure = float(last.split(":")[1].split()[0])
     assert exposure <= MAX_EXPOSURE, out.stdout
+
+
+def test_only_root_and_the_supervisors_group_reach_a_worker_socket(cluster_factory) -> None:
+    # As modules/inference.nix sets it: root's socket, the supervisor's group, mode 0660.
+    owned = SOCKET_UNIT.replace(
+        "SocketMode=0660", "SocketUser=root\nSocketGroup=cairn\nSocketMode=0660"
+    )
+    node = cluster_factory(1, files={**files(), "/etc/systemd/system/cairn-model@.socket": owned})
+    node = node.nodes[0]
+    node.exec(["groupadd", "--system", "cairn"])
+    node.exec(["useradd", "--system", "--gid", "cairn", "cairn"])
+    node.start_unit("cairn-model@demo.socket")
+    connect = "import socket; socket.socket(socket.AF_UNIX).connect('/run/cairn/models/demo.sock')"
+
+    def as_user(user: str, group: str) -> subprocess.CompletedProcess[str]:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={group}", "--init-groups"]
+        return node.exec([*argv, "python3", "-c", connect], check=False)
+
+    refused = as_user("nobody", "nogroup")
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr, refused
+    assert node.unit("cairn-model@demo.service").ActiveState == "inactive"  # nobody woke it
+    allowed = as_user("cairn", "cairn")
+    assert allowed.returncode == 0, allowed.stderr
