@@ -146,7 +146,10 @@ def test_only_root_and_the_supervisors_group_reach_a_worker_socket(cluster_facto
 
     def as_user(user: str, group: str) -> subprocess.CompletedProcess[str]:
         argv = ["setpriv", f"--reuid={user}", f"--regid={group}", "--init-groups"]
-        return node.exec([*argv, "python3", "-c", connect], check=False)
+        done: subprocess.CompletedProcess[str] = node.exec(
+            [*argv, "python3", "-c", connect], check=False
+        )
+        return done
 
     refused = as_user("nobody", "nogroup")
     assert refused.returncode != 0 and "Permission denied" in refused.stderr, refused
