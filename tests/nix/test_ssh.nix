@@ -1,0 +1,108 @@
+# Cases for modules/lib/ssh.nix: a host nobody could log in to is refused; every host reads the
+# shared operator keys.
+let
+  inherit (import ../../modules/lib) ssh;
+  hosts = import ./hosts.nix;
+  base = {
+    opensshEnable = true;
+    passwordAuthentication = false;
+    kbdInteractiveAuthentication = false;
+  };
+  key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHKq0oGpF6N8b1e6pZ0Gk5xS2y0bq9mYfG3CwJ8zS1tD op@laptop";
+  lockout = "cairn.appliance.sshKeys: empty, and no user has an authorized key, while password logins are off: nobody could log in over SSH after this switch. Put your public key (~/.ssh/id_ed25519.pub) into hosts/ssh-keys.nix (docs/first-deployment.md, step 1), or set services.openssh.enable = false to run without SSH on purpose.";
+in
+[
+  {
+    name = "ssh.lockoutProblems: no key anywhere, passwords off";
+    expr = ssh.lockoutProblems (
+      base
+      // {
+        users = {
+          root.openssh.authorizedKeys = {
+            keys = [ ];
+            keyFiles = [ ];
+          };
+          cairn = { };
+        };
+      }
+    );
+    expected = [ lockout ];
+  }
+  {
+    name = "ssh.lockoutProblems: a key for root";
+    expr = ssh.lockoutProblems (base // { users.root.openssh.authorizedKeys.keys = [ key ]; });
+    expected = [ ];
+  }
+  {
+    name = "ssh.lockoutProblems: a key file for another user";
+    expr = ssh.lockoutProblems (
+      base
+      // {
+        users = {
+          root = { };
+          op.openssh.authorizedKeys.keyFiles = [ /etc/hostname ];
+        };
+      }
+    );
+    expected = [ ];
+  }
+  {
+    name = "ssh.lockoutProblems: SSH off, or a password login on, is not a lockout";
+    expr = [
+      (ssh.lockoutProblems (
+        base
+        // {
+          opensshEnable = false;
+          users = { };
+        }
+      ))
+      (ssh.lockoutProblems (
+        base
+        // {
+          passwordAuthentication = true;
+          users = { };
+        }
+      ))
+      (ssh.lockoutProblems (
+        base
+        // {
+          kbdInteractiveAuthentication = true;
+          users = { };
+        }
+      ))
+    ];
+    expected = [
+      [ ]
+      [ ]
+      [ ]
+    ];
+  }
+  {
+    name = "ssh.lockoutProblems: every host in hosts/ takes its keys from hosts/ssh-keys.nix";
+    expr = map (h: {
+      inherit (h) name;
+      shared = (h.module.cairn.appliance.sshKeys or null) == import ../../hosts/ssh-keys.nix;
+    }) hosts;
+    expected = [
+      {
+        name = "legacy-node";
+        shared = true;
+      }
+      {
+        name = "pxe-server";
+        shared = true;
+      }
+      {
+        name = "rtx4070-workstation";
+        shared = true;
+      }
+    ];
+  }
+  {
+    name = "ssh.lockoutProblems: hosts/ssh-keys.nix is a list of one-line public keys";
+    expr = builtins.filter (k: !(builtins.isString k) || builtins.match "(ssh|ecdsa|sk)-[^ \n]+ [A-Za-z0-9+/=]+( [^\n]*)?" k == null) (
+      import ../../hosts/ssh-keys.nix
+    );
+    expected = [ ];
+  }
+]
