@@ -10,6 +10,9 @@ let
     in
     (keys.keys or [ ]) != [ ] || (keys.keyFiles or [ ]) != [ ];
 
+  # nixpkgs types both settings `nullOr bool`; null writes no line, and sshd's own default is yes.
+  allowed = v: v == null || v == true;
+
   # [ ] when someone can log in (or SSH is off, or passwords are on), else the message, which
   # names the option to set and where the shared keys live.
   lockoutProblems =
@@ -23,7 +26,12 @@ let
     let
       withKeys = filter (n: hasKey users.${n}) (attrNames users);
     in
-    if !opensshEnable || passwordAuthentication || kbdInteractiveAuthentication || withKeys != [ ] then
+    if
+      !opensshEnable
+      || allowed passwordAuthentication
+      || allowed kbdInteractiveAuthentication
+      || withKeys != [ ]
+    then
       [ ]
     else
       [

@@ -78,6 +78,17 @@ in
     ];
   }
   {
+    name = "ssh.lockoutProblems: null (no line, sshd's default yes) allows passwords";
+    expr = ssh.lockoutProblems (
+      base
+      // {
+        passwordAuthentication = null;
+        users = { };
+      }
+    );
+    expected = [ ];
+  }
+  {
     name = "ssh.lockoutProblems: every host in hosts/ takes its keys from hosts/ssh-keys.nix";
     expr = map (h: {
       inherit (h) name;
