@@ -40,7 +40,7 @@ in
       // {
         users = {
           root = { };
-          op.openssh.authorizedKeys.keyFiles = [ /etc/hostname ];
+          op.openssh.authorizedKeys.keyFiles = [ ./hosts.nix ];
         };
       }
     );
