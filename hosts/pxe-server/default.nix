@@ -13,7 +13,7 @@ in
   networking.usePredictableInterfaceNames = lib.mkDefault false;
 
   # A fixed address: every iPXE script names it. Until the first deploy of this configuration
-  # the machine has the address the router leased it (docs/first-deployment.md, step 4).
+  # the machine has the address the router leased it (docs/first-deployment.md, step 5).
   networking.interfaces.${nic}.ipv4.addresses = [
     {
       inherit address;
