@@ -30,7 +30,8 @@
           ++ modules;
         };
 
-      # Netbooted variants of the host classes the PXE server serves.
+      # Netbooted variants of the host classes; the PXE server publishes (and so builds) only
+      # those named in hosts/pxe-server/classes.nix.
       netboot = {
         legacy-node = self.nixosConfigurations.legacy-node;
         rtx4070-workstation = mkSystem [
@@ -65,7 +66,15 @@
         pxe-server = mkSystem [
           ./hosts/pxe-server
           ./hosts/pxe-server/installed.nix
-          { cairn.pxe.classes = lib.mapAttrs (_: sys: sys.config.system.build.cairnNetboot) netboot; }
+          {
+            cairn.pxe.classes = lib.genAttrs (import ./hosts/pxe-server/classes.nix) (
+              name:
+              if netboot ? ${name} then
+                netboot.${name}.config.system.build.cairnNetboot
+              else
+                throw "hosts/pxe-server/classes.nix: '${name}' is not a netbooted class (known: ${lib.concatStringsSep ", " (lib.attrNames netboot)})"
+            );
+          }
         ];
       };
 
@@ -77,7 +86,8 @@
 
         netboot-legacy-node = netboot.legacy-node.config.system.build.netbootTree;
         netboot-rtx4070-workstation = netboot.rtx4070-workstation.config.system.build.netbootTree;
-        # What the PXE server publishes: entry.ipxe, boot/*.ipxe and both class trees.
+        # What the PXE server publishes: entry.ipxe, boot/*.ipxe and the tree of each class in
+        # hosts/pxe-server/classes.nix.
         pxe-tree = self.nixosConfigurations.pxe-server.config.cairn.pxe.tree;
 
         # docs/options.md from the module options: `nix build .#options-md && cp result docs/options.md`.
@@ -85,7 +95,14 @@
         # evaluates the same declarations with a nixpkgs lib snapshot.
         options-md =
           let
-            inherit (mkSystem [ { system.stateVersion = "26.05"; } ]) options;
+            # disk-install.nix: imported by the installed hosts only; its options are documented too.
+            inherit
+              (mkSystem [
+                { system.stateVersion = "26.05"; }
+                ./modules/disk-install.nix
+              ])
+              options
+              ;
           in
           pkgs.writeText "options.md" (
             cairnLib.optionsDoc.render (
@@ -99,6 +116,7 @@
 
       checks.${system} =
         let
+          # Every host fails its assertions until hosts/ssh-keys.nix holds an operator key.
           toplevels = lib.mapAttrs' (
             name: sys: lib.nameValuePair "host-${name}" sys.config.system.build.toplevel
           ) self.nixosConfigurations;

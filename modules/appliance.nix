@@ -17,6 +17,15 @@ let
     ;
 
   cfg = config.cairn.appliance;
+  cairnLib = import ./lib;
+
+  # Nobody could log in over SSH (password logins off, no key anywhere): modules/lib/ssh.nix.
+  sshLockout = cairnLib.ssh.lockoutProblems {
+    opensshEnable = config.services.openssh.enable;
+    passwordAuthentication = config.services.openssh.settings.PasswordAuthentication;
+    kbdInteractiveAuthentication = config.services.openssh.settings.KbdInteractiveAuthentication;
+    users = config.users.users;
+  };
 
   journalLimits = {
     SystemMaxUse = cfg.journalMaxUse;
@@ -72,7 +81,24 @@ in
       example = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... admin@example" ];
       description = ''
         Public keys allowed to log in as root over SSH. Password and keyboard-interactive
-        logins are off. Public keys are not secrets, so they may go into netboot images.
+        logins are off, so the build fails (an assertion) while SSH is on and no user has a
+        key: the first switch would lock the operator out. The shipped hosts read
+        `hosts/ssh-keys.nix`, the one place for the operators' keys. Public keys are not
+        secrets, so they may go into netboot images.
+      '';
+    };
+
+    wakeOnLan.enable = mkOption {
+      type = types.bool;
+      default = false;
+      example = true;
+      description = ''
+        Arm Wake-on-LAN (magic packet) on every physical Ethernet port, through a systemd
+        `.link` file matching `Type=ether` without a `Kind`, which keeps udev's default
+        interface naming. Needed where `services.cairn.settings.power.enable` lets the node
+        suspend: peers wake it with a magic packet (an assertion checks). The firmware must
+        allow wake-up from the NIC too (often "Wake on LAN" or "Power on by PCI-E" in the
+        BIOS setup).
       '';
     };
 
@@ -123,6 +149,23 @@ in
 
       networking.firewall.enable = mkDefault true;
 
+      # Wake-on-LAN per port, as nixpkgs' networking.interfaces.<name>.wakeOnLan does it (a
+      # .link file), but for ports whose names are not known in advance (one netboot image for
+      # every legacy machine). udev applies only the first .link file that matches a device, so
+      # this one repeats systemd's 99-default.link naming policies.
+      systemd.network.links."45-cairn-wake-on-lan" = mkIf cfg.wakeOnLan.enable {
+        matchConfig = {
+          Type = "ether";
+          Kind = "!*";
+        };
+        linkConfig = {
+          WakeOnLan = "magic";
+          NamePolicy = "keep kernel database onboard slot path";
+          AlternativeNamesPolicy = "database onboard slot path";
+          MACAddressPolicy = "persistent";
+        };
+      };
+
       # DHCP on every wired port, without letting DHCP rename the machine: the hostname comes
       # from the configuration or the kernel command line. "90-" sorts after networks that
       # other modules declare per interface.
@@ -146,14 +189,16 @@ in
         "flakes"
       ];
 
-      assertions = [
+      assertions = map (message: {
+        assertion = false;
+        inherit message;
+      }) sshLockout
+      ++ [
         {
           assertion = !cfg.hostnameFromKernelCmdline || config.networking.hostName == "";
           message = "cairn.appliance.hostnameFromKernelCmdline: networking.hostName must be \"\" (it is \"${config.networking.hostName}\"): a fixed name goes into /etc/hostname and is set again on every activation, replacing the per-machine hostname=";
         }
       ];
-
-      warnings = optional (cfg.sshKeys == [ ] && config.services.openssh.enable) "cairn.appliance.sshKeys: empty, so nobody can log in over SSH";
     }
 
     # journald's settings moved from the `extraConfig` text to the structured

@@ -76,6 +76,14 @@ let
 
   # The sandbox of cairn.service; the nspawn test boots the daemon under the same file.
   hardening = cairnLib.unitFile.settings ./cairn-unit-hardening.conf;
+
+  # [power] suspends the node and counts on peers to wake it with a magic packet: something must
+  # arm Wake-on-LAN on its port (cairn.appliance.wakeOnLan, or the host's own .link/interface).
+  powerOn = cfg.settings.power.enable or false;
+  wakeOnLan = cairnLib.network.wakeOnLan {
+    inherit (config.networking) interfaces;
+    inherit (config.systemd.network) links;
+  };
 in
 {
   options.services.cairn = {
@@ -333,6 +341,10 @@ in
       {
         assertion = cfg.apiTokenFile == null || (lib.hasPrefix "/" cfg.apiTokenFile && !(lib.hasPrefix builtins.storeDir cfg.apiTokenFile));
         message = "services.cairn.apiTokenFile: '${toString cfg.apiTokenFile}' must be an absolute path on the node, outside the Nix store";
+      }
+      {
+        assertion = powerOn -> wakeOnLan != [ ];
+        message = "services.cairn.settings.power.enable: the node would suspend, but no port wakes on LAN, so no peer could wake it: set cairn.appliance.wakeOnLan.enable = true (or networking.interfaces.<name>.wakeOnLan.enable)";
       }
       {
         assertion = missingUnits == [ ];

@@ -10,6 +10,10 @@
     hostnameFromKernelCmdline = true;
     # /var is RAM here.
     journalMaxUse = lib.mkDefault "64M";
+    sshKeys = import ../ssh-keys.nix;
+    # These nodes may suspend when idle (services.cairn.settings.power): peers wake them with
+    # a magic packet. The BIOS must allow wake-up from the NIC too.
+    wakeOnLan.enable = true;
   };
 
   # Core 0 keeps the kernel, interrupts and the supervisor; core 1 runs inference.

@@ -1,32 +1,48 @@
 # PXE server class: proxy-DHCP, TFTP and HTTP for the netboot trees; a model-less cairn node itself.
 { lib, ... }:
 let
-  lan = "eth0";
-  inherit (import ../lan.nix) gateway;
-  address = (import ../lan.nix).pxeServer;
+  # The LAN's values (subnet, prefix, gateway, this server's address): hosts/lan.nix, one place.
+  lan = import ../lan.nix;
+  address = lan.pxeServer;
+  # One NIC, named by the kernel (usePredictableInterfaceNames below).
+  nic = "eth0";
 in
 {
   networking.hostName = lib.mkDefault "cairn-pxe";
-  # One NIC, and the boot server must know its name before the hardware is seen.
+  # The boot server must know its NIC's name before the hardware is seen.
   networking.usePredictableInterfaceNames = lib.mkDefault false;
 
-  # A fixed address: every iPXE script names it. Adjust to your LAN.
-  networking.interfaces.${lan}.ipv4.addresses = [
+  # A fixed address: every iPXE script names it. Until the first deploy of this configuration
+  # the machine has the address the router leased it (docs/first-deployment.md, step 5).
+  networking.interfaces.${nic}.ipv4.addresses = [
     {
       inherit address;
-      prefixLength = 24;
+      inherit (lan) prefixLength;
     }
   ];
-  networking.defaultGateway = lib.mkDefault gateway;
-  networking.nameservers = lib.mkDefault [ gateway ];
+  # Under networkd (cairn.appliance turns it on) nixpkgs requires the gateway's interface.
+  networking.defaultGateway = lib.mkDefault {
+    address = lan.gateway;
+    interface = nic;
+  };
+  networking.nameservers = lib.mkDefault lan.nameservers;
 
-  cairn.appliance.enable = true;
+  # hosts/lan.nix is checked here, where it is used: a typo fails the build, naming the key.
+  assertions = map (message: {
+    assertion = false;
+    inherit message;
+  }) ((import ../../modules/lib).network.lanProblems lan);
 
-  # cairn.pxe.classes is filled by flake.nix from the netbooted host classes.
+  cairn.appliance = {
+    enable = true;
+    sshKeys = import ../ssh-keys.nix;
+  };
+
+  # cairn.pxe.classes is filled by flake.nix from the classes listed in ./classes.nix.
   cairn.pxe = {
     enable = true;
-    interface = lan;
-    subnet = "192.168.1.0";
+    interface = nic;
+    inherit (lan) subnet;
     inherit address;
     hosts = import ./machines.nix;
     defaultClass = "legacy-node";

@@ -4,7 +4,12 @@
   networking.hostName = lib.mkDefault "rtx4070";
   nixpkgs.config = import ./nixpkgs-config.nix;
 
-  cairn.appliance.enable = true;
+  cairn.appliance = {
+    enable = true;
+    sshKeys = import ../ssh-keys.nix;
+    # It may suspend when idle (services.cairn.settings.power): peers wake it with a magic packet.
+    wakeOnLan.enable = true;
+  };
 
   # Logical CPUs 2-5 and 12-15 are isolated for inference; 0-1, 6-11 and 16-19 keep the kernel,
   # interrupts, the supervisor and the GPU driver threads. Which logical CPUs share a physical

@@ -8,6 +8,9 @@
   ]
   ++ lib.optional (builtins.pathExists ./hardware-configuration.nix) ./hardware-configuration.nix;
 
+  # A current board boots by UEFI: systemd-boot on the EFI system partition labelled `boot`.
+  cairn.install.bootLoader = lib.mkDefault "systemd-boot";
+
   boot.initrd.availableKernelModules = [
     "nvme"
     "xhci_pci"

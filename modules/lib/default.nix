@@ -1,5 +1,6 @@
 # Cairn's pure-Nix helpers (builtins only): CPU lists, MAC maps, iPXE scripts, dnsmasq config,
-# the options document, the supervisor's polkit rule, systemd drop-in files as settings.
+# the options document, the supervisor's polkit rule, systemd drop-in files as settings, the
+# LAN's and hosts' network values, SSH reachability.
 {
   cpus = import ./cpus.nix;
   mac = import ./mac.nix;
@@ -8,4 +9,6 @@
   optionsDoc = import ./options-doc.nix;
   polkit = import ./polkit.nix;
   unitFile = import ./unit-file.nix;
+  network = import ./network.nix;
+  ssh = import ./ssh.nix;
 }

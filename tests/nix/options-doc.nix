@@ -30,12 +30,18 @@ let
     "assertions"
     "warnings"
     "boot.kernelParams"
+    "boot.loader.efi.canTouchEfiVariables"
     "boot.loader.grub.configurationLimit"
+    "boot.loader.grub.device"
+    "boot.loader.grub.enable"
     "boot.loader.systemd-boot.configurationLimit"
+    "boot.loader.systemd-boot.enable"
     "documentation.enable"
     "environment.systemPackages"
+    "fileSystems"
     "fonts.fontconfig.enable"
     "networking.firewall"
+    "networking.interfaces"
     "networking.useNetworkd"
     "nix.settings"
     "programs.command-not-found.enable"
@@ -47,6 +53,7 @@ let
     "services.timesyncd.enable"
     "system.build"
     "systemd.enableEmergencyMode"
+    "systemd.network.links"
     "systemd.network.networks"
     "systemd.services"
     "systemd.settings"
@@ -83,6 +90,8 @@ let
     (lib.evalModules {
       modules = [
         ../../modules
+        # Imported by the installed hosts only (hosts/*/installed.nix); its options are documented too.
+        ../../modules/disk-install.nix
       ]
       ++ map (path: {
         options = lib.setAttrByPath (lib.splitString "." path) (lib.mkOption { });

@@ -77,6 +77,8 @@ def test_lib_exports_the_agreed_interface() -> None:
         "optionsDoc": {"render"},
         "polkit": {"manageUnitsRule", "missingUnits"},
         "unitFile": {"settings"},
+        "network": {"parseIPv4", "lanProblems", "networkdProblems", "wakeOnLan"},
+        "ssh": {"lockoutProblems"},
     }
     assert set(exported) == set(agreed)
     for module, names in agreed.items():

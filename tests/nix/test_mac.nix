@@ -199,4 +199,21 @@ in
       false
     ];
   }
+
+  # The shipped PXE server: every machine boots a class it publishes.
+  {
+    name = "mac.hostMap: every machine in hosts/pxe-server/machines.nix boots a class in classes.nix";
+    expr =
+      let
+        published = import ../../hosts/pxe-server/classes.nix;
+        byMac = mac.hostMap (import ../../hosts/pxe-server/machines.nix);
+      in
+      builtins.filter (m: !(builtins.elem byMac.${m}.class published)) (builtins.attrNames byMac);
+    expected = [ ];
+  }
+  {
+    name = "mac.hostMap: the PXE server publishes the legacy class only, as shipped (no CUDA build)";
+    expr = import ../../hosts/pxe-server/classes.nix;
+    expected = [ "legacy-node" ];
+  }
 ]

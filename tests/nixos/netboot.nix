@@ -8,7 +8,9 @@ let
   serverAddress = "192.168.1.2";
 
   # The legacy class as shipped, plus the test driver's backdoor (on the virtio console) so the
-  # script can drive the netbooted client, and curl for the checks.
+  # script can drive the netbooted client, an operator key (the appliance refuses a host nobody
+  # can log in to), and curl for the checks. Its secrets are not in the image: the script
+  # provisions them on the client's second drive, as docs/first-deployment.md says.
   legacyUnderTest = self.nixosConfigurations.legacy-node.extendModules {
     modules = [
       (
@@ -16,7 +18,7 @@ let
         {
           imports = [
             (modulesPath + "/testing/test-instrumentation.nix")
-            ./test-secrets.nix
+            ./test-operator.nix
           ];
           environment.systemPackages = [ pkgs.curl ];
         }
@@ -33,9 +35,10 @@ let
     ];
   };
 
-  # A bare machine: no disk, no kernel of its own, a Core 2 Duo's instruction set, and QEMU's
-  # built-in iPXE option ROM; its only NIC is on the test VLAN. The driver appends the serial
-  # and backdoor devices.
+  # A bare machine: no kernel of its own, a Core 2 Duo's instruction set, and QEMU's built-in
+  # iPXE option ROM; its only NIC is on the test VLAN. Its one disk (appended by the script, a
+  # blank file that persists across the client's reboots) becomes the secrets volume. The driver
+  # appends the serial and backdoor devices.
   clientStart = lib.concatStringsSep " " [
     "${pkgs.qemu_test}/bin/qemu-system-x86_64"
     "-machine pc,accel=kvm:tcg"
@@ -113,7 +116,13 @@ pkgs.testers.runNixOSTest {
         pxeserver.succeed("curl -sfI http://127.0.0.1/legacy-node/bzImage")
         pxeserver.succeed("cairn-pxe list | grep -q current")
 
-    client = create_machine("${clientStart}")
+    # The client's disk: blank, like a node's spare disk or USB stick before provisioning.
+    secrets_disk = os.path.join(os.environ.get("TMPDIR", "/tmp"), "client-secrets.img")
+    with open(secrets_disk, "wb") as disk:
+        disk.truncate(64 * 1024 * 1024)
+    client = create_machine(
+        f"${clientStart} -drive file={secrets_disk},format=raw,if=virtio", name="client"
+    )
     client.start()
 
     with subtest("the client boots its own iPXE script"):
@@ -131,8 +140,45 @@ pkgs.testers.runNixOSTest {
         assert name == "legacy-test-01", name
         client.succeed("findmnt -n -o FSTYPE / | grep -qx tmpfs")
 
-    with subtest("the supervisor runs on the netbooted node"):
+    with subtest("without its secrets volume the node boots, and the supervisor waits for it"):
+        # RequiresMountsFor=/var/lib/cairn-secrets: the mount waits 10 s for the label
+        # (x-systemd.device-timeout), then cairn.service's start fails on that dependency.
+        client.wait_until_succeeds(
+            "journalctl -b -u cairn.service --no-pager --grep='Dependency failed'", timeout=120
+        )
+        client.fail("systemctl is-active --quiet cairn.service")
+        client.succeed("test -b /dev/vda")
+
+    with subtest("secrets provisioned on the node's disk, as the docs do it, start the supervisor"):
+        client.succeed("mkfs.ext4 -q -L cairn-secrets /dev/vda")
+        client.wait_until_succeeds("test -e /dev/disk/by-label/cairn-secrets", timeout=60)
+        client.succeed(
+            "mountpoint -q /var/lib/cairn-secrets || mount /var/lib/cairn-secrets",
+            "head -c 32 /dev/urandom | base64 > /var/lib/cairn-secrets/gossip.key",
+            "head -c 24 /dev/urandom | base64 > /var/lib/cairn-secrets/api.token",
+            "chmod 600 /var/lib/cairn-secrets/gossip.key /var/lib/cairn-secrets/api.token",
+            "systemctl restart cairn",
+        )
         client.wait_for_unit("cairn.service")
+        client.wait_until_succeeds("curl -sf http://127.0.0.1:8470/readyz", timeout=300)
+
+    with subtest("from another machine, /status needs the token"):
+        token = client.succeed("cat /var/lib/cairn-secrets/api.token").strip()
+        address = client.succeed(
+            "ip -4 -o addr show scope global | awk '{ split($4, a, \"/\"); print a[1]; exit }'"
+        ).strip()
+        assert address.startswith("192.168.1."), address
+        url = f"http://{address}:8470/status"
+        code = pxeserver.succeed(f"curl -s -o /dev/null -w '%{{http_code}}' {url}").strip()
+        assert code == "401", code
+        status = pxeserver.succeed(f"curl -sf -H 'Authorization: Bearer {token}' {url}")
+        assert "legacy-test-01" in status, status
+
+    with subtest("rebooted, the node mounts its secrets and starts the supervisor by itself"):
+        client.shutdown()
+        client.start()
+        client.wait_for_unit("cairn.service", timeout=1800)
+        client.succeed("findmnt -n -o SOURCE,FSTYPE /var/lib/cairn-secrets | grep -q ext4")
         client.wait_until_succeeds("curl -sf http://127.0.0.1:8470/readyz", timeout=300)
 
     with subtest("the proxy offer came from the boot server, the lease from the router"):
