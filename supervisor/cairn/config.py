@@ -22,6 +22,7 @@ from cairn.validation import locate
 SCHEMA_VERSION = 1
 DEFAULT_PORT = 8470
 DEFAULT_GOSSIP_PORT = 8471
+REQUEST_TIMEOUT_S = 600.0  # a model's default; also the deadline of a hop to a peer
 # Every float has finite bounds: msgspec then refuses inf and nan (TOML has them, and Python's
 # json reads Infinity and NaN), and no interval can be so small that a loop spins.
 LONGEST_S = 30 * 86400.0  # no duration in the config is longer
@@ -193,7 +194,7 @@ class ModelConfig(_Section, frozen=True):
             le=86400,
             description="seconds one request may take in the worker; then the client gets 504",
         ),
-    ] = 600.0
+    ] = REQUEST_TIMEOUT_S
 
 
 class InferenceConfig(_Section, frozen=True):
@@ -298,6 +299,15 @@ class HealConfig(_Section, frozen=True):
             ge=0.5, le=600, description="seconds a model may take to answer its one-token probe"
         ),
     ] = 30.0
+    stall_timeout: Annotated[
+        float,
+        msgspec.Meta(
+            ge=1,
+            le=86400,
+            description="seconds a busy worker's decoding may stand still (no step finished)"
+            " before its failed probe counts as a hang; a slow CPU's longest batch must fit",
+        ),
+    ] = 300.0
     interval: Annotated[
         float,
         msgspec.Meta(

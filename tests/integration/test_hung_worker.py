@@ -116,3 +116,62 @@ def test_a_stopped_systemd_worker_times_out_and_is_restarted(cluster_factory: An
     wait_until(lambda: int(unit.MainPID) not in (0, hung), 60, what="a new worker process")
     wait_until(lambda: unit.ActiveState == "active", 60, what="the new worker")
     assert worker.chat(node)["object"] == "chat.completion"
+
+
+# Loaded by every Python process of the test's daemon (PYTHONPATH): once a worker imports
+# llama_cpp, its llama_decode blocks while the file HANG exists, as a wedged decode would.
+HANG_HOOK = """\
+import importlib.abc, importlib.machinery, os, sys, time
+
+class _Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "llama_cpp":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            real = module.llama_decode
+
+            def llama_decode(ctx, batch):
+                while os.path.exists(os.environ["CAIRN_TEST_HANG"]):
+                    time.sleep(0.05)
+                return real(ctx, batch)
+
+            module.llama_decode = llama_decode
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _Hook())
+"""
+
+
+def test_a_worker_whose_decoding_hangs_is_restarted(
+    start_node: Callable[..., Node], short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its event loop still answers /health, and it is busy: only the stalled decode tells.
+    (short_dir / "hook").mkdir()
+    (short_dir / "hook" / "sitecustomize.py").write_text(HANG_HOOK)
+    hang = short_dir / "HANG"
+    monkeypatch.setenv("PYTHONPATH", str(short_dir / "hook"))
+    monkeypatch.setenv("CAIRN_TEST_HANG", str(hang))
+    path = demo_gguf.write_tiny_llama(short_dir / "demo.gguf")
+    node = start_node(
+        probe_interval=1.0,
+        inference={"socket_dir": str(short_dir)},
+        heal={"interval": 1.0, "probe_timeout": 2.0, "stall_timeout": 4.0},
+        models=[{"name": "demo", "path": str(path), "kind": "gguf", "threads": 1}],
+    )
+    wait_for(lambda: _model(node)["state"] == "ready", 60, "the worker to load")
+    hung = _model(node)["pid"]
+    client = openai.OpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    hang.touch()
+    with pytest.raises(openai.APIError):  # cut off when the ladder replaces the worker
+        client.completions.create(model="demo", prompt="hello", max_tokens=4)
+    wait_for(lambda: _model(node)["pid"] not in (None, hung), 60, "a new worker process")
+    hang.unlink()
+    wait_for(lambda: _model(node)["state"] == "ready", 60, "the new worker to be ready")
+    assert client.completions.create(model="demo", prompt="hi", max_tokens=4).choices

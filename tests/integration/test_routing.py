@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 import urllib.error
@@ -257,3 +258,20 @@ def test_the_old_gossip_derived_bearer_token_opens_nothing(
     assert _send(b, "/metrics", bearer, "GET") == 401
     assert _send(b, "/v1/models", bearer, "GET") == 401
     assert _send(b, CHAT_PATH, {**bearer, FORWARDED_BY: "a"}) == 401
+
+
+def test_a_hop_to_a_peer_that_freezes_ends_when_gossip_suspects_it(
+    pair: tuple[Node, Node],
+) -> None:
+    a, b = pair
+    client = openai.OpenAI(base_url=a.url + "/v1", api_key="x", max_retries=0, timeout=90)
+    os.kill(b.proc.pid, signal.SIGSTOP)  # frozen: its sockets stay open, nothing answers
+    try:
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as err:
+            client.completions.create(model="demo", prompt="hi", max_tokens=4)
+        assert err.value.status_code == 503, err.value
+        # Gossip's local profile suspects it within seconds; the model's deadline is 600 s.
+        assert time.monotonic() - started < 30
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)

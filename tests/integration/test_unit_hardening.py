@@ -117,14 +117,17 @@ def home_binds() -> str:
     """A drop-in that lets the sandboxed daemon reach this machine's interpreter, if needed.
 
     Only for this test machine: ProtectHome=yes hides /root and /home, where a venv or a
-    pyenv interpreter may live here; on NixOS both are in the store. ProtectHome=tmpfs still
-    hides every home, and binds back just these paths.
+    pyenv interpreter may live here, and PrivateTmp=yes hides a checkout under /tmp (a CI
+    clone, say); on NixOS all of it is in the store. ProtectHome=tmpfs still hides every home,
+    and binds back just these paths.
     """
-    paths = sorted({str(Path(sys.prefix).resolve()), str(Path(sys.base_prefix).resolve())})
-    hidden = [p for p in paths if p.startswith(("/root", "/home"))]
+    here = (sys.prefix, sys.base_prefix, REPO)
+    paths = sorted({str(Path(p).resolve()) for p in here})
+    hidden = [p for p in paths if p.startswith(("/root/", "/home/", "/tmp/", "/var/tmp/"))]
     if not hidden:
         return ""
-    return f"[Service]\nProtectHome=tmpfs\nBindReadOnlyPaths={' '.join(hidden)}\n"
+    homes = "ProtectHome=tmpfs\n" if any(p.startswith(("/root/", "/home/")) for p in hidden) else ""
+    return f"[Service]\n{homes}BindReadOnlyPaths={' '.join(hidden)}\n"
 
 
 def boot_daemon(cluster_factory: Any, hardening: str) -> Any:

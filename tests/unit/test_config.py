@@ -98,6 +98,7 @@ FLOATS = [
     ("heal", "confirm_window"),
     ("heal", "interval"),
     ("heal", "probe_timeout"),
+    ("heal", "stall_timeout"),
     ("heal", "restart_backoff_max"),
     ("heal", "reset_cooldown"),
     ("heal", "disk_min_free"),

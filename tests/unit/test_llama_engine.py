@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,3 +369,30 @@ def test_text_stream_flushes_a_held_prefix_at_the_end() -> None:
     assert stream.feed(b"okEN") == "ok"
     assert stream.finish() == "EN"
     assert not stream.stopped
+
+
+async def test_a_hung_decode_shows_as_stalled_work(
+    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine()
+    assert engine.stats()["stalled_seconds"] == 0.0  # idle is not stalled
+    await run(engine, "warm")  # a long idle gap before the hang must not count as stalled
+    release = threading.Event()
+    real = llama_cpp.llama_decode
+
+    def hung(ctx: object, batch: object) -> int:
+        release.wait(30)
+        return int(real(ctx, batch))
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", hung)
+    task = asyncio.create_task(run(engine, PROMPTS[0]))
+    await asyncio.sleep(0.3)
+    first = engine.stats()
+    assert first["active"] + first["queued"] == 1
+    assert 0.2 <= first["stalled_seconds"] < 5
+    await asyncio.sleep(0.5)
+    assert engine.stats()["stalled_seconds"] >= first["stalled_seconds"] + 0.4
+    monkeypatch.setattr(llama_cpp, "llama_decode", real)
+    release.set()
+    assert len((await task).token_ids) == 32
+    assert engine.stats()["stalled_seconds"] == 0.0

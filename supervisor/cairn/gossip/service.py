@@ -228,6 +228,11 @@ class Cluster:
                 out.append(Peer(m.name, m.host, d.api_port, md))
         return sorted(out, key=lambda p: p.model.load())
 
+    def is_alive(self, name: str) -> bool:
+        """Whether member `name` is alive (not suspect, dead or gone) in this node's view."""
+        m = self.member.members.get(name) if self.member else None
+        return m is not None and m.state is MemberState.ALIVE
+
     def knows_model(self, model: str) -> bool:
         """Whether any member's last digest listed `model`, alive or not, with room or not."""
         for m in self.member.members.values() if self.member else ():

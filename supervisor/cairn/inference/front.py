@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from cairn.config import Config, ModelConfig, ModelKind, WorkerManager
+from cairn.config import REQUEST_TIMEOUT_S, Config, ModelConfig, ModelKind, WorkerManager
 from cairn.guard import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from cairn.inference import openai
 from cairn.inference.children import ChildUnits, ChildWorker
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
 PEER_CONNECT_TIMEOUT_S = 3.0
+PEER_WATCH_S = 0.5  # how often a hop in flight checks that gossip still holds its peer alive
 PASS_HEADERS = ("Content-Type", "Retry-After", "Cache-Control")
 # Request keys: the response once its headers went out; the model asked for (for the metrics).
 _STARTED = web.RequestKey("cairn_response", web.StreamResponse)
@@ -354,8 +355,9 @@ class Inference:
             with _probing(model):
                 why = await self._ask(model)
             stats = (model.health or {}).get("stats", {})
-            if why and (stats.get("active") or stats.get("queued")):
-                return ""  # slow because it is busy, not hung
+            busy = stats.get("active") or stats.get("queued")
+            if why and busy and stats.get("stalled_seconds", 0.0) < self.config.heal.stall_timeout:
+                return ""  # slow because it is busy, not hung: its decode steps go on
             return why
         if self.sleeper is not None:
             self.sleeper.begin(model.unit)
@@ -412,18 +414,49 @@ class Inference:
             ),
             FORWARDED_BY: me,
         }
-        try:
-            async with self._peers.post(
-                f"http://{host}:{peer.api_port}{request.path}", data=body, headers=headers
+        local = self.models.get(request.get(MODEL_KEY, ""))
+        deadline = aiohttp.ClientTimeout(
+            total=local.cfg.request_timeout if local else REQUEST_TIMEOUT_S
+        )
+
+        async def hop() -> web.StreamResponse:
+            async with self._peers.post(  # type: ignore[union-attr]
+                f"http://{host}:{peer.api_port}{request.path}",
+                data=body,
+                headers=headers,
+                timeout=deadline,
             ) as upstream:
                 self.forwarded += 1
                 return await self._relay(request, upstream)
-        except (aiohttp.ClientConnectionError, OSError) as err:
+
+        try:
+            return await self._while_live(peer.name, hop())
+        except (aiohttp.ClientConnectionError, OSError) as err:  # TimeoutError is an OSError
             if (started := _started(request)) is not None:  # a side hung up mid-stream
                 log.info("stream from peer %s ended early: %s", peer.name, err)
                 return started
             log.warning("peer %s unreachable for %s: %s", peer.name, request.path, err)
             return None
+
+    async def _while_live(
+        self, name: str, work: Coroutine[Any, Any, web.StreamResponse]
+    ) -> web.StreamResponse:
+        """Await a hop to peer `name`, given up once gossip no longer holds the peer alive.
+
+        A peer that freezes or loses power mid-request never closes the connection; gossip
+        finds it suspect within seconds, and the request ends then, not at its deadline.
+        """
+        assert self.cluster is not None
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=PEER_WATCH_S)
+                if done:
+                    return task.result()
+                if not self.cluster.is_alive(name):
+                    raise ConnectionError(f"peer {name} is no longer alive (gossip)")
+        finally:
+            task.cancel()  # done already, or given up, or this handler was cancelled
 
     async def _relay(
         self,

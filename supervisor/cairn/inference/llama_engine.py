@@ -237,6 +237,10 @@ class LlamaEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._closed = False
+        # When the decode thread last made progress, or work arrived at an idle engine: a
+        # thread that hangs in llama_decode shows as work standing still (`stalled_seconds`),
+        # which the supervisor's probe tells apart from a busy engine.
+        self._progress_at = time.monotonic()
         self._prompt_tokens_total = 0
         self._completion_tokens_total = 0
         self._requests_total = 0
@@ -385,6 +389,8 @@ class LlamaEngine:
                 raise QueueFull(
                     f"{len(self._active)} slots busy and {len(self._waiting)} requests queued"
                 )
+            if not (self._waiting or self._active):
+                self._progress_at = req.enqueued_at
             self._waiting.append(req)
             self._requests_total += 1
             self._cond.notify()
@@ -419,9 +425,11 @@ class LlamaEngine:
 
     def stats(self) -> dict[str, int | float]:
         """Counters and gauges for /status and /metrics."""
+        now = time.monotonic()
         with self._cond:
-            self._forget_old_steps(time.monotonic())
+            self._forget_old_steps(now)
             busy = sum(s[2] for s in self._steps)
+            working = bool(self._waiting or self._active)
             generated = sum(s[1] for s in self._steps)
             return {
                 "slots": self.slots,
@@ -434,6 +442,8 @@ class LlamaEngine:
                 # Generated tokens per second of decode time over the last few seconds: the
                 # speed the model runs at while busy, not diluted by idle time.
                 "tokens_per_second": generated / busy if busy > 0 else 0.0,
+                # Seconds the work has stood still: no decode step finished meanwhile.
+                "stalled_seconds": now - self._progress_at if working else 0.0,
             }
 
     def _forget_old_steps(self, now: float) -> None:
@@ -555,6 +565,7 @@ class LlamaEngine:
 
         generated = 0
         with self._cond:
+            self._progress_at = now
             for index, req in outputs:
                 if req.phase is _Phase.DONE or req.cancelled:
                     continue
