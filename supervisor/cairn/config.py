@@ -475,6 +475,7 @@ def from_mapping(data: Any, source: str = "") -> Config:
         raise ConfigError(
             "power.enable", "needs [gossip]: peers must know when the node is needed", source
         )
+    _check_socket_paths(cfg, source)
     units: set[str] = set()
     for i, svc in enumerate(cfg.sleep.services):
         if not svc.unit.endswith(".service") or not svc.socket.endswith(".socket"):
@@ -488,6 +489,30 @@ def from_mapping(data: Any, source: str = "") -> Config:
             raise ConfigError(f"sleep.services.{i}.unit", f"'{svc.unit}' is listed twice", source)
         units.add(svc.unit)
     return cfg
+
+
+# A unix socket's path must fit sockaddr_un.sun_path (108 bytes with the final NUL on Linux).
+UNIX_PATH_MAX = 107
+OPERATOR_SOCKET = "operator.sock"  # in node.state_dir
+
+
+def _check_socket_paths(cfg: Config, source: str) -> None:
+    """Every unix socket the node binds fits the kernel's limit, named by the key that sets it."""
+    state = cfg.node.state_dir.rstrip("/")
+    places = [("node.state_dir", f"{state}/{OPERATOR_SOCKET}")]
+    sockets = cfg.inference.socket_dir or f"{state}/sockets"
+    key = "inference.socket_dir" if cfg.inference.socket_dir else "node.state_dir"
+    places += [(key, f"{sockets.rstrip('/')}/{m.name}.sock") for m in cfg.models]
+    if cfg.inference.workers is WorkerManager.CHILDREN:  # each child's sd_notify socket
+        places += [("node.state_dir", f"{state}/run/{m.name}.notify") for m in cfg.models]
+    for key, path in places:
+        if len(path.encode()) > UNIX_PATH_MAX:
+            raise ConfigError(
+                key,
+                f"the unix socket {path} would be {len(path.encode())} bytes long; the kernel"
+                f" takes at most {UNIX_PATH_MAX}: choose a shorter directory",
+                source,
+            )
 
 
 def load(path: str | Path) -> Config:

@@ -24,11 +24,12 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from cairn.config import OPERATOR_SOCKET
 from cairn.gate import Gate, GateError
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "operator.sock"
+SOCKET_NAME = OPERATOR_SOCKET
 JSON = "application/json"
 GATE: web.AppKey[Gate] = web.AppKey("gate", Gate)
 REFUSED: web.AppKey[Counter[str]] = web.AppKey("refused", Counter)

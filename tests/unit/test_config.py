@@ -344,3 +344,38 @@ def test_power_needs_gossip_and_a_well_formed_mac() -> None:
         }
     )
     assert cfg.power.idle_after == 3600.0 and not config.standalone_default().power.enable
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"node": {"state_dir": "/" + "s" * 100}}, "node.state_dir"),  # its operator.sock
+        (
+            {
+                "inference": {"socket_dir": "/" + "d" * 100},
+                "models": [{"name": "chat", "path": "/m.gguf", "kind": "gguf"}],
+            },
+            "inference.socket_dir",
+        ),
+        (
+            {
+                "node": {"state_dir": "/" + "s" * 90},
+                "inference": {"socket_dir": "/run/s"},
+                "models": [{"name": "a-long-model-name", "path": "/m.gguf", "kind": "gguf"}],
+            },
+            "node.state_dir",  # a standalone child's notify socket under <state_dir>/run
+        ),
+    ],
+)
+def test_a_unix_socket_path_over_the_kernels_limit_names_its_key(
+    settings: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(ConfigError, match="at most 107") as exc:
+        config.from_mapping({"version": 1, **settings})
+    assert exc.value.path == key
+
+
+def test_a_unix_socket_path_at_the_limit_is_taken() -> None:
+    state = "/" + "s" * (config.UNIX_PATH_MAX - len("/operator.sock") - 1)
+    assert len(f"{state}/operator.sock") == config.UNIX_PATH_MAX
+    assert config.from_mapping({"version": 1, "node": {"state_dir": state}}).node.state_dir == state
