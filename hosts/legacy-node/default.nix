@@ -11,6 +11,9 @@
     # /var is RAM here.
     journalMaxUse = lib.mkDefault "64M";
     sshKeys = import ../ssh-keys.nix;
+    # The SSH host keys live on the secrets volume (below), so a node keeps its SSH identity
+    # across boots once the volume exists; until then it gets new ones at every boot.
+    sshHostKeyVolume = "/var/lib/cairn-secrets";
     # These nodes may suspend when idle (services.cairn.settings.power): peers wake them with
     # a magic packet. The BIOS must allow wake-up from the NIC too.
     wakeOnLan.enable = true;
