@@ -127,7 +127,8 @@ in
         CHANGED"). At boot, after nixpkgs' key generation and before sshd starts,
         `cairn-ssh-host-keys.service` puts each key of {option}`services.openssh.hostKeys` that
         the volume holds in place and saves there each one it lacks. Without the volume mounted
-        the unit does nothing and the host has this boot's keys. After making the volume on a
+        the unit does nothing and the host has this boot's keys (sshd then starts once the
+        mount has given up, after its device timeout). After making the volume on a
         running host, `systemctl restart cairn-ssh-host-keys` saves the keys it has now.
         `null`: keys stay where {option}`services.openssh.hostKeys` puts them.
       '';
