@@ -3,6 +3,8 @@
   config,
   lib,
   options,
+  pkgs,
+  utils,
   ...
 }:
 let
@@ -25,6 +27,18 @@ let
     passwordAuthentication = config.services.openssh.settings.PasswordAuthentication;
     kbdInteractiveAuthentication = config.services.openssh.settings.KbdInteractiveAuthentication;
     users = config.users.users;
+  };
+
+  # Where a RAM-rooted host keeps its SSH host keys (cairn.appliance.sshHostKeyVolume).
+  hostKeyDir = "${cfg.sshHostKeyVolume}/ssh-host-keys";
+  keepHostKeys = pkgs.writeShellApplication {
+    name = "cairn-ssh-host-keys";
+    runtimeInputs = [
+      pkgs.coreutils
+      pkgs.diffutils
+      pkgs.openssh
+    ];
+    text = builtins.readFile ./ssh-host-keys.sh;
   };
 
   journalLimits = {
@@ -99,6 +113,24 @@ in
         suspend: peers wake it with a magic packet (an assertion checks). The firmware must
         allow wake-up from the NIC too (often "Wake on LAN" or "Power on by PCI-E" in the
         BIOS setup).
+      '';
+    };
+
+    sshHostKeyVolume = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/cairn-secrets";
+      description = ''
+        Mount point of a persistent volume (a {option}`fileSystems` entry) on which a host whose
+        root is RAM keeps its SSH host keys, in `ssh-host-keys/`, so that it keeps its SSH
+        identity across boots instead of a new one each time ("REMOTE HOST IDENTIFICATION HAS
+        CHANGED"). At boot, after nixpkgs' key generation and before sshd starts,
+        `cairn-ssh-host-keys.service` puts each key of {option}`services.openssh.hostKeys` that
+        the volume holds in place and saves there each one it lacks. Without the volume mounted
+        the unit does nothing and the host has this boot's keys (sshd then starts once the
+        mount has given up, after its device timeout). After making the volume on a
+        running host, `systemctl restart cairn-ssh-host-keys` saves the keys it has now.
+        `null`: keys stay where {option}`services.openssh.hostKeys` puts them.
       '';
     };
 
@@ -213,6 +245,39 @@ in
           );
         }
     )
+
+    (mkIf (cfg.sshHostKeyVolume != null && config.services.openssh.enable) {
+      systemd.services.cairn-ssh-host-keys = {
+        description = "SSH host keys kept on ${cfg.sshHostKeyVolume}";
+        wantedBy = [ "multi-user.target" ];
+        # After the volume's mount (which may fail: nofail) and nixpkgs' sshd-keygen.service
+        # (which makes the keys a RAM root lacks at every boot), before sshd reads them.
+        after = [
+          "${utils.escapeSystemdPath cfg.sshHostKeyVolume}.mount"
+          "sshd-keygen.service"
+        ];
+        before = [ "sshd.service" ];
+        unitConfig.ConditionPathIsMountPoint = cfg.sshHostKeyVolume;
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecStart = utils.escapeSystemdExecArgs (
+            [
+              (lib.getExe keepHostKeys)
+              hostKeyDir
+            ]
+            ++ map (k: k.path) config.services.openssh.hostKeys
+          );
+        };
+      };
+
+      assertions = [
+        {
+          assertion = config.fileSystems ? ${cfg.sshHostKeyVolume};
+          message = "cairn.appliance.sshHostKeyVolume: '${cfg.sshHostKeyVolume}' is not among fileSystems: keys kept there would live in RAM like the rest";
+        }
+      ];
+    })
 
     (mkIf cfg.hostnameFromKernelCmdline {
       systemd.services.cairn-hostname = {

@@ -73,6 +73,13 @@ let
   };
 
   unknownClasses = filterAttrs (_: h: !(cfg.classes ? ${h.class})) cfg.hosts;
+
+  # dnsmasq binds to this name: it must be one the naming in force can produce.
+  nicProblems = cairnLib.network.nicNameProblems {
+    where = "cairn.pxe.interface";
+    name = cfg.interface;
+    predictable = config.networking.usePredictableInterfaceNames;
+  };
 in
 {
   options.cairn.pxe = {
@@ -82,7 +89,12 @@ in
       type = types.str;
       default = "eth0";
       example = "enp3s0";
-      description = "LAN interface dnsmasq answers PXE requests on.";
+      description = ''
+        LAN interface dnsmasq answers PXE requests on. A kernel name (`eth0`) needs
+        {option}`networking.usePredictableInterfaceNames` off, which takes effect only from the
+        next boot (`net.ifnames=0`); any other name needs it on. The build fails when the two
+        disagree.
+      '';
     };
 
     subnet = mkOption {
@@ -244,7 +256,11 @@ in
           ) unknownClasses
         );
       }
-    ];
+    ]
+    ++ map (message: {
+      assertion = false;
+      inherit message;
+    }) nicProblems;
 
     system.build.cairnPxeTree = tree;
 

@@ -1,5 +1,5 @@
 # Legacy node class: Core 2 Duo, 2 cores, 8 GB, no AVX; netbooted, stateless, named by the kernel command line.
-{ lib, ... }:
+{ lib, pkgs, ... }:
 {
   imports = [ ../../images/netboot.nix ];
 
@@ -11,6 +11,9 @@
     # /var is RAM here.
     journalMaxUse = lib.mkDefault "64M";
     sshKeys = import ../ssh-keys.nix;
+    # The SSH host keys live on the secrets volume (below), so a node keeps its SSH identity
+    # across boots once the volume exists; until then it gets new ones at every boot.
+    sshHostKeyVolume = "/var/lib/cairn-secrets";
     # These nodes may suspend when idle (services.cairn.settings.power): peers wake them with
     # a magic packet. The BIOS must allow wake-up from the NIC too.
     wakeOnLan.enable = true;
@@ -53,12 +56,14 @@
     # settings.nix listens on the LAN so peers can route requests here.
     openFirewall = true;
     # Models run as socket-activated workers pinned to the isolated core (modules/inference.nix).
-    # The store path goes into the netboot image, which the node holds in RAM: keep it small.
-    # (Uncommenting needs `pkgs` in this file's arguments.)
+    # The store path goes into the netboot image, which the node holds in RAM: keep it small
+    # (docs/first-deployment.md, step 8).
     # models.tiny = {
     #   file = pkgs.fetchurl {
     #     url = "https://huggingface.co/<org>/<repo>/resolve/main/<model>.Q4_K_M.gguf";
-    #     hash = lib.fakeHash; # the first build fails and prints the real hash
+    #     # `nix store prefetch-file <url>` prints it: (hash 'sha256-...'); lib.fakeHash here
+    #     # instead fails the first build with the real one.
+    #     hash = "sha256-...";
     #   };
     #   context = 2048;
     #   threads = 1;

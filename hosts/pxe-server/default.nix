@@ -4,15 +4,20 @@ let
   # The LAN's values (subnet, prefix, gateway, this server's address): hosts/lan.nix, one place.
   lan = import ../lan.nix;
   address = lan.pxeServer;
-  # One NIC, named by the kernel (usePredictableInterfaceNames below).
+  # One NIC, named by the kernel (usePredictableInterfaceNames below), so the name is known
+  # before the hardware is seen and nothing here needs editing per machine.
   nic = "eth0";
 in
 {
   networking.hostName = lib.mkDefault "cairn-pxe";
-  # The boot server must know its NIC's name before the hardware is seen.
+  # net.ifnames=0 on the kernel command line: it takes effect at the next boot, not at a switch
+  # (udev renames a NIC only when it appears). Hence the first deploy is `nixos-rebuild boot`
+  # and a reboot (docs/first-deployment.md, step 5): switched live, nothing would be called
+  # eth0 yet, and the fixed address and dnsmasq would wait for that reboot. With two NICs, turn
+  # this on and set `nic` to the name `ip -br link` shows (the build checks that they agree).
   networking.usePredictableInterfaceNames = lib.mkDefault false;
 
-  # A fixed address: every iPXE script names it. Until the first deploy of this configuration
+  # A fixed address: every iPXE script names it. Until the first boot of this configuration
   # the machine has the address the router leased it (docs/first-deployment.md, step 5).
   networking.interfaces.${nic}.ipv4.addresses = [
     {

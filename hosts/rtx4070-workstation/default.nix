@@ -51,7 +51,9 @@
     # models.chat = {
     #   file = pkgs.fetchurl {
     #     url = "https://huggingface.co/<org>/<repo>/resolve/main/<model>.Q4_K_M.gguf";
-    #     hash = lib.fakeHash; # the first build fails and prints the real hash
+    #     # `nix store prefetch-file <url>` prints it: (hash 'sha256-...'); lib.fakeHash here
+    #     # instead fails the first build with the real one.
+    #     hash = "sha256-...";
     #   };
     #   context = 8192;
     #   threads = 8;

@@ -1,5 +1,5 @@
 # The LAN and each host's network settings, checked without nixpkgs: IPv4 addresses, the LAN's
-# values (hosts/lan.nix), the shapes networkd needs, and which interfaces wake on LAN.
+# values (hosts/lan.nix), the shapes networkd needs, NIC names, and which interfaces wake on LAN.
 let
   inherit (builtins)
     all
@@ -157,6 +157,28 @@ let
         )
     );
 
+  # A NIC name against the interface naming in force. With predictable names off (`net.ifnames=0`
+  # on the kernel command line) the kernel's eth0, eth1, ... are the only names; with them on,
+  # udev renames a PCI NIC (enp3s0 and the like), so an ethN name matches nothing: the fixed
+  # address never comes up and dnsmasq (bind-interfaces) does not start. `where` names the option.
+  nicNameProblems =
+    {
+      where,
+      name,
+      predictable,
+    }:
+    let
+      kernelName = match "eth[0-9]+" name != null;
+    in
+    if !isString name || match "[A-Za-z0-9_.-]{1,15}" name == null then
+      [ "${where}: ${show name} is not a network interface name (1-15 letters, digits, '-', '_' or '.')" ]
+    else if predictable && kernelName then
+      [ "${where}: '${name}' is a kernel name, but networking.usePredictableInterfaceNames is on, so udev renames the NIC (enp3s0 or the like): use the name `ip -br link` shows on the machine, or turn predictable names off" ]
+    else if !predictable && !kernelName then
+      [ "${where}: '${name}' is not a kernel name, but networking.usePredictableInterfaceNames is off (net.ifnames=0), so the NICs are eth0, eth1, ...: use \"eth0\" on a machine with one NIC" ]
+    else
+      [ ];
+
   # The names of what turns Wake-on-LAN on: `networking.interfaces.<n>.wakeOnLan.enable`, or a
   # `.link` file (`systemd.network.links.<n>.linkConfig.WakeOnLan`) that is not "off"/"no".
   wakeOnLan =
@@ -188,6 +210,7 @@ in
     parseIPv4
     lanProblems
     networkdProblems
+    nicNameProblems
     wakeOnLan
     ;
 }

@@ -77,7 +77,13 @@ def test_lib_exports_the_agreed_interface() -> None:
         "optionsDoc": {"render"},
         "polkit": {"manageUnitsRule", "missingUnits"},
         "unitFile": {"settings"},
-        "network": {"parseIPv4", "lanProblems", "networkdProblems", "wakeOnLan"},
+        "network": {
+            "parseIPv4",
+            "lanProblems",
+            "networkdProblems",
+            "nicNameProblems",
+            "wakeOnLan",
+        },
         "ssh": {"lockoutProblems"},
     }
     assert set(exported) == set(agreed)

@@ -233,6 +233,80 @@ in
     expected = [ "h: networking.nameservers: expected a list of addresses, got '10.0.0.1'" ];
   }
 
+  # nicNameProblems
+  {
+    name = "network.nicNameProblems: the PXE server's NIC fits its naming (kernel names, eth0)";
+    expr =
+      let
+        m = byName.pxe-server.module;
+      in
+      {
+        inherit (m.cairn.pxe) interface;
+        problems = network.nicNameProblems {
+          where = "cairn.pxe.interface";
+          name = m.cairn.pxe.interface;
+          predictable = m.networking.usePredictableInterfaceNames or true;
+        };
+      };
+    expected = {
+      interface = "eth0";
+      problems = [ ];
+    };
+  }
+  {
+    name = "network.nicNameProblems: eth0 under predictable names (the first switch's trap)";
+    expr = network.nicNameProblems {
+      where = "cairn.pxe.interface";
+      name = "eth0";
+      predictable = true;
+    };
+    expected = [
+      "cairn.pxe.interface: 'eth0' is a kernel name, but networking.usePredictableInterfaceNames is on, so udev renames the NIC (enp3s0 or the like): use the name `ip -br link` shows on the machine, or turn predictable names off"
+    ];
+  }
+  {
+    name = "network.nicNameProblems: a predictable name with net.ifnames=0";
+    expr = network.nicNameProblems {
+      where = "cairn.pxe.interface";
+      name = "enp0s25";
+      predictable = false;
+    };
+    expected = [
+      "cairn.pxe.interface: 'enp0s25' is not a kernel name, but networking.usePredictableInterfaceNames is off (net.ifnames=0), so the NICs are eth0, eth1, ...: use \"eth0\" on a machine with one NIC"
+    ];
+  }
+  {
+    name = "network.nicNameProblems: names that fit, and ones that are no interface name";
+    expr = [
+      (network.nicNameProblems {
+        where = "w";
+        name = "enp0s25";
+        predictable = true;
+      })
+      (network.nicNameProblems {
+        where = "w";
+        name = "eth1";
+        predictable = false;
+      })
+      (network.nicNameProblems {
+        where = "w";
+        name = "eth 0";
+        predictable = false;
+      })
+      (network.nicNameProblems {
+        where = "w";
+        name = null;
+        predictable = true;
+      })
+    ];
+    expected = [
+      [ ]
+      [ ]
+      [ "w: 'eth 0' is not a network interface name (1-15 letters, digits, '-', '_' or '.')" ]
+      [ "w: a null (null) is not a network interface name (1-15 letters, digits, '-', '_' or '.')" ]
+    ];
+  }
+
   # wakeOnLan
   {
     name = "network.wakeOnLan: an interface option and a .link file";

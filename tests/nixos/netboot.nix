@@ -157,10 +157,13 @@ pkgs.testers.runNixOSTest {
             "head -c 32 /dev/urandom | base64 > /var/lib/cairn-secrets/gossip.key",
             "head -c 24 /dev/urandom | base64 > /var/lib/cairn-secrets/api.token",
             "chmod 600 /var/lib/cairn-secrets/gossip.key /var/lib/cairn-secrets/api.token",
-            "systemctl restart cairn",
+            "systemctl restart cairn cairn-ssh-host-keys",
         )
         client.wait_for_unit("cairn.service")
         client.wait_until_succeeds("curl -sf http://127.0.0.1:8470/readyz", timeout=300)
+        # This boot's SSH host key, now saved on the volume: the one clients have recorded.
+        client.succeed("test -s /var/lib/cairn-secrets/ssh-host-keys/ssh_host_ed25519_key")
+        host_key = client.succeed("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
 
     with subtest("from another machine, /status needs the token"):
         token = client.succeed("cat /var/lib/cairn-secrets/api.token").strip()
@@ -180,6 +183,15 @@ pkgs.testers.runNixOSTest {
         client.wait_for_unit("cairn.service", timeout=1800)
         client.succeed("findmnt -n -o SOURCE,FSTYPE /var/lib/cairn-secrets | grep -q ext4")
         client.wait_until_succeeds("curl -sf http://127.0.0.1:8470/readyz", timeout=300)
+
+    with subtest("rebooted, the node has the SSH host key it had before"):
+        client.wait_for_unit("sshd.service")
+        client.succeed("systemctl is-active --quiet cairn-ssh-host-keys.service")
+        after = client.succeed("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
+        assert after == host_key, f"host key changed across the reboot: {host_key} -> {after}"
+        # What sshd serves, not only the file: the key a client sees.
+        served = client.succeed("ssh-keyscan -t ed25519 127.0.0.1 2>/dev/null | ssh-keygen -lf -")
+        assert host_key in served, served
 
     with subtest("the proxy offer came from the boot server, the lease from the router"):
         # --grep, not `| grep -q`: grep -q exits at the first match, journalctl then dies of
