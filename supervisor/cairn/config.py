@@ -16,7 +16,6 @@ import msgspec
 import msgspec.inspect
 
 from cairn.errors import ConfigError
-from cairn.gossip.profiles import Profile
 from cairn.validation import locate
 
 SCHEMA_VERSION = 1
@@ -222,6 +221,14 @@ JoinAddress = Annotated[
         description="host or host:port ([v6]:port) of a peer",
     ),
 ]
+
+
+class Profile(enum.StrEnum):
+    """Which gossip timing set a cluster runs with (`cairn.gossip.profiles`)."""
+
+    LAN = "lan"
+    WAN = "wan"
+    LOCAL = "local"
 
 
 class GossipConfig(_Section, frozen=True):

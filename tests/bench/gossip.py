@@ -55,10 +55,9 @@ from dataclasses import dataclass, field
 
 from cairn.gossip.membership import Member
 from cairn.gossip.messages import MemberState
-from cairn.gossip.profiles import TIMINGS, Profile
+from cairn.gossip.profiles import LAN
 from cairn.gossip.sim import SimNetwork
 
-LAN = TIMINGS[Profile.LAN]
 TARGET_DETECT_RATIO = 0.75  # median detection / memberlist's bound, at 10 % loss
 TARGET_FP = 0  # false positives over the FP window, at 10 % loss
 TARGET_BYTES_SPREAD = 2.0  # bytes/node/s, largest N over smallest N (and back), at 10 % loss

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cairn.gossip.profiles import TIMINGS, Profile
+from cairn.gossip.profiles import LAN
 from tests.conftest import CAIRN_BIN
 from tests.harness import Cluster, wait_until
 from tests.harness.fixtures import require_or_skip
@@ -21,7 +21,6 @@ from tests.harness.fixtures import require_or_skip
 GOSSIP_PORT = 8471
 API_TOKEN = "operator-token-0123456789"
 MEMBERS = 5  # n0..n4 share the key; n5 holds another one
-LAN = TIMINGS[Profile.LAN]
 # A member is declared dead at most the longest suspicion timeout (no confirmations at all)
 # after its first suspicion, which comes within a few (awareness-stretched) probe rounds.
 DEAD_BOUND_S = LAN.suspicion_max_mult * LAN.suspicion_min(MEMBERS) + 8 * LAN.probe_interval

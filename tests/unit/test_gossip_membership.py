@@ -10,10 +10,9 @@ from cairn.gossip.clock import Addr, Transport
 from cairn.gossip.keyring import Keyring
 from cairn.gossip.membership import Membership
 from cairn.gossip.messages import Alive, Dead, MemberState, Ping, Suspect, decode_packet
-from cairn.gossip.profiles import TIMINGS, Profile, suspicion_remaining
+from cairn.gossip.profiles import LAN, suspicion_remaining
 from cairn.gossip.sim import SIM_KEY, SimNetwork
 
-LAN = TIMINGS[Profile.LAN]
 ALIVE, SUSPECT, DEAD, LEFT = MemberState
 
 

@@ -18,10 +18,9 @@ from cairn.gossip.messages import (
     decode_stream,
     encode,
 )
-from cairn.gossip.profiles import TIMINGS, Profile
+from cairn.gossip.profiles import LAN
 from cairn.gossip.sim import SIM_KEY, SimNetwork
 
-LAN = TIMINGS[Profile.LAN]
 ALIVE, SUSPECT, DEAD, LEFT = MemberState
 
 

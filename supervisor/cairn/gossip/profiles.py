@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-
-class Profile(enum.StrEnum):
-    """Which timing set a cluster runs with."""
-
-    LAN = "lan"
-    WAN = "wan"
-    LOCAL = "local"
+from cairn.config import Profile
 
 
 @dataclass(frozen=True)
@@ -48,47 +41,43 @@ class Timing:
         return self.push_pull_interval * (math.ceil(math.log2(n) - math.log2(32)) + 1)
 
 
-TIMINGS = {
-    Profile.LAN: Timing(
-        probe_interval=1.0,
-        probe_timeout=0.5,
-        indirect_checks=3,
-        suspicion_mult=4,
-        suspicion_max_mult=6,
-        retransmit_mult=4,
-        gossip_interval=0.2,
-        gossip_nodes=3,
-        gossip_to_dead=30.0,
-        push_pull_interval=30.0,
-        tcp_timeout=10.0,
-    ),
-    Profile.WAN: Timing(
-        probe_interval=5.0,
-        probe_timeout=3.0,
-        indirect_checks=3,
-        suspicion_mult=6,
-        suspicion_max_mult=6,
-        retransmit_mult=4,
-        gossip_interval=0.5,
-        gossip_nodes=4,
-        gossip_to_dead=60.0,
-        push_pull_interval=60.0,
-        tcp_timeout=30.0,
-    ),
-    Profile.LOCAL: Timing(
-        probe_interval=1.0,
-        probe_timeout=0.2,
-        indirect_checks=1,
-        suspicion_mult=3,
-        suspicion_max_mult=6,
-        retransmit_mult=2,
-        gossip_interval=0.1,
-        gossip_nodes=3,
-        gossip_to_dead=15.0,
-        push_pull_interval=15.0,
-        tcp_timeout=1.0,
-    ),
-}
+# memberlist's DefaultLANConfig; the other profiles are its differences.
+LAN = Timing(
+    probe_interval=1.0,
+    probe_timeout=0.5,
+    indirect_checks=3,
+    suspicion_mult=4,
+    suspicion_max_mult=6,
+    retransmit_mult=4,
+    gossip_interval=0.2,
+    gossip_nodes=3,
+    gossip_to_dead=30.0,
+    push_pull_interval=30.0,
+    tcp_timeout=10.0,
+)
+WAN = replace(  # DefaultWANConfig
+    LAN,
+    probe_interval=5.0,
+    probe_timeout=3.0,
+    suspicion_mult=6,
+    gossip_interval=0.5,
+    gossip_nodes=4,
+    gossip_to_dead=60.0,
+    push_pull_interval=60.0,
+    tcp_timeout=30.0,
+)
+LOCAL = replace(  # DefaultLocalConfig
+    LAN,
+    probe_timeout=0.2,
+    indirect_checks=1,
+    suspicion_mult=3,
+    retransmit_mult=2,
+    gossip_interval=0.1,
+    gossip_to_dead=15.0,
+    push_pull_interval=15.0,
+    tcp_timeout=1.0,
+)
+TIMINGS = {Profile.LAN: LAN, Profile.WAN: WAN, Profile.LOCAL: LOCAL}
 
 
 def suspicion_remaining(n: int, k: int, elapsed: float, lo: float, hi: float) -> float:

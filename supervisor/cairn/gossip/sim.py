@@ -15,7 +15,7 @@ from cairn.gossip.clock import Addr
 from cairn.gossip.keyring import Keyring
 from cairn.gossip.membership import Membership
 from cairn.gossip.messages import MemberState
-from cairn.gossip.profiles import TIMINGS, Profile, Timing
+from cairn.gossip.profiles import LAN, Timing
 
 EPOCH = 1_800_000_000.0  # the simulated wall clock starts here
 SIM_KEY = bytes(range(32))
@@ -130,7 +130,7 @@ class SimNetwork:
     def __init__(
         self,
         seed: int = 0,
-        timing: Timing = TIMINGS[Profile.LAN],
+        timing: Timing = LAN,
         loss: float = 0.0,
         latency: tuple[float, float] = (0.0005, 0.002),
         cluster: str = "sim",
