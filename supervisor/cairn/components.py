@@ -13,7 +13,6 @@ class State(enum.StrEnum):
     STARTING = "starting"
     READY = "ready"
     DEGRADED = "degraded"
-    STOPPED = "stopped"
 
 
 class Status(msgspec.Struct, frozen=True):

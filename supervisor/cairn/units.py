@@ -327,19 +327,6 @@ class SystemdUnits:
             raise UnitError(f"read {unit}: no such unit")
         return UnitState(unit, str(props["ActiveState"]), str(props["SubState"]))
 
-    async def list(self, patterns: list[str]) -> list[UnitState]:
-        """ListUnitsByPatterns over loaded units."""
-        from gi.repository import GLib
-
-        args = GLib.Variant("(asas)", ([], patterns))
-        (rows,) = await self._run(
-            lambda: self._call(
-                MANAGER_PATH, MANAGER, "ListUnitsByPatterns", args, "(a(ssssssouso))"
-            ),
-            "list units",
-        )
-        return sorted((UnitState(r[0], r[3], r[4]) for r in rows), key=lambda u: u.name)
-
     async def socket_counters(self, unit: str) -> SocketCounters:
         """NAccepted, NConnections and Listen of a socket unit."""
         props = await self._run(lambda: self._get_all(unit, SOCKET), f"read {unit}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,6 @@ import pytest
 from cairn.inference.pinning import (
     PinningError,
     omp_environment,
-    pin_new_threads,
-    pinned_threads,
     plan,
     resolve_cpus,
     thread_map,
@@ -130,11 +127,6 @@ def test_thread_map_reads_each_threads_allowed_cores(tmp_path: Path) -> None:
     assert thread_map(42, proc=proc) == {42: [0, 1, 2, 3], 43: [2], 44: [3]}
 
 
-def test_pinned_threads_are_those_on_exactly_one_core(tmp_path: Path) -> None:
-    proc = fake_proc(tmp_path, 42, {42: "0-3", 43: "2", 44: "3"})
-    assert pinned_threads(42, proc=proc) == {43: 2, 44: 3}
-
-
 def test_thread_map_of_a_gone_process_is_empty(tmp_path: Path) -> None:
     assert thread_map(42, proc=tmp_path) == {}
 
@@ -142,41 +134,3 @@ def test_thread_map_of_a_gone_process_is_empty(tmp_path: Path) -> None:
 def test_thread_map_of_this_process_has_this_thread() -> None:
     here = thread_map(os.getpid())
     assert here[threading.get_native_id()] == sorted(os.sched_getaffinity(0))
-
-
-@pytest.fixture
-def park() -> Iterator[Callable[[int], list[int]]]:
-    """Factory: start n idle threads (ended after the test) and return their thread ids."""
-    release = threading.Event()
-    started: list[threading.Thread] = []
-
-    def start(n: int) -> list[int]:
-        threads = [threading.Thread(target=release.wait) for _ in range(n)]
-        for t in threads:
-            t.start()  # returns once the OS thread exists, so it is already in /proc
-        started.extend(threads)
-        return [t.native_id for t in threads if t.native_id is not None]
-
-    yield start
-    release.set()
-    for t in started:
-        t.join()
-
-
-def test_pin_new_threads_pins_only_threads_started_since(park: Callable[[int], list[int]]) -> None:
-    core = max(os.sched_getaffinity(0))
-    before = set(thread_map(os.getpid()))
-    (tid,) = park(1)
-    assert pin_new_threads(before, [core]) == {tid: core}
-    after = thread_map(os.getpid())
-    assert after[tid] == [core]
-    assert after[threading.get_native_id()] == sorted(os.sched_getaffinity(0))
-
-
-def test_pin_new_threads_refuses_more_threads_than_cores(park: Callable[[int], list[int]]) -> None:
-    before = set(thread_map(os.getpid()))
-    tids = park(2)
-    with pytest.raises(PinningError, match="2 new threads but only 1 cores"):
-        pin_new_threads(before, [0])
-    masks = thread_map(os.getpid())
-    assert all(len(masks[t]) == len(os.sched_getaffinity(0)) for t in tids)  # nothing pinned

@@ -43,7 +43,6 @@ class SocketTransport:
     def __init__(self, tcp_timeout: float) -> None:
         self.tcp_timeout = tcp_timeout
         self.member: Membership | None = None
-        self.send_errors = 0
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -75,7 +74,6 @@ class SocketTransport:
         try:
             self._udp.sendto(data, addr)
         except OSError as err:  # e.g. no route: the protocol treats it as loss
-            self.send_errors += 1
             log.debug("gossip send to %s:%d failed: %s", *addr, err)
 
     def exchange(

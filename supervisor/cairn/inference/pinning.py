@@ -6,13 +6,9 @@ spread over them: its threads stay where they were woken, typically piled onto o
 process-wide mask (taskset, systemd CPUAffinity=) is therefore not enough; each compute
 thread must be bound to its own core.
 
-Two ways to get there:
-
-- OpenMP builds (llama.cpp's ggml-cpu links libgomp here): put `omp_environment(cores)` into
-  os.environ *before* anything loads libgomp, i.e. before importing llama_cpp in the worker.
-  libgomp reads OMP_* once, when it loads, and then binds every thread of every team itself.
-- Anything else (a ggml built with its own thread pool): snapshot the thread ids, run one
-  decode, and `pin_new_threads(before, cores)` pins the threads that appeared.
+How: llama.cpp's ggml-cpu links libgomp here, so `omp_environment(cores)` goes into
+os.environ *before* anything loads libgomp, i.e. before importing llama_cpp in the worker.
+libgomp reads OMP_* once, when it loads, and then binds every thread of every team itself.
 """
 
 from __future__ import annotations
@@ -98,22 +94,6 @@ def omp_environment(cores: list[int]) -> dict[str, str]:
     }
 
 
-def pin_new_threads(before: set[int], cores: list[int]) -> dict[int, int]:
-    """Pin this process's threads that are not in `before`, one per core in tid order."""
-    new = sorted(_tids(os.getpid()) - before)
-    if len(new) > len(cores):
-        # More new threads than cores breaks one-thread-per-core; refuse instead of guessing.
-        raise PinningError(f"{len(new)} new threads but only {len(cores)} cores to pin them to")
-    pinned: dict[int, int] = {}
-    for tid, core in zip(new, cores, strict=False):
-        try:
-            os.sched_setaffinity(tid, {core})
-        except ProcessLookupError:
-            continue  # the thread exited since we listed it; nothing left to pin
-        pinned[tid] = core
-    return pinned
-
-
 def thread_map(pid: int, *, proc: Path = PROC) -> dict[int, list[int]]:
     """Thread id -> cores it is allowed on, from /proc/PID/task/*/status Cpus_allowed_list."""
     out: dict[int, list[int]] = {}
@@ -128,15 +108,6 @@ def thread_map(pid: int, *, proc: Path = PROC) -> dict[int, list[int]]:
                 out[tid] = parse_cpu_list(value)
                 break
     return out
-
-
-def pinned_threads(pid: int, *, proc: Path = PROC) -> dict[int, int]:
-    """Thread id -> core, for the threads of pid allowed on exactly one core.
-
-    Under OpenMP binding this is a superset of the compute threads: every thread started by
-    the libgomp-loading thread after the load inherits its one-core mask.
-    """
-    return {tid: cores[0] for tid, cores in thread_map(pid, proc=proc).items() if len(cores) == 1}
 
 
 def _tids(pid: int, *, proc: Path = PROC) -> set[int]:
