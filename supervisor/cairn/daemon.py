@@ -45,8 +45,8 @@ from cairn.sdnotify import Notifier
 from cairn.sleep import Kind, Phase, Sleepable, Sleeper
 from cairn.state import StateFile, Store
 from cairn.status.app import create_app
+from cairn.system.units import SystemdUnits, UnitError, Units
 from cairn.thermal import Reading, ThermalGuard
-from cairn.units import SystemdUnits, UnitError, Units
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import psutil
 from cairn.inference.front import unit_of
 from cairn.sleep import available_bytes
 from cairn.state import INCIDENTS_KEPT, Incident, Store
+from cairn.system.units import JobFailed, UnitError, Units
 from cairn.thermal import Reading
-from cairn.units import JobFailed, UnitError, Units
 
 log = logging.getLogger(__name__)
 

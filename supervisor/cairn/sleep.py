@@ -21,7 +21,7 @@ import msgspec
 
 from cairn.buckets import Buckets
 from cairn.config import SleepConfig
-from cairn.units import UnitError, Units, UnitState
+from cairn.system.units import UnitError, Units, UnitState
 
 log = logging.getLogger(__name__)
 

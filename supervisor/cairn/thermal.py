@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from cairn.units import UnitError, Units
+from cairn.system.units import UnitError, Units
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cairn.units import JobFailed, SystemdUnits, UnitError, UnitState
+from cairn.system.units import JobFailed, SystemdUnits, UnitError, UnitState
 
 SLOW = """\
 [Service]

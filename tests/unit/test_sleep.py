@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 from cairn.sleep import Phase, available_bytes, connections, phase_of
-from cairn.units import UnitState
+from cairn.system.units import UnitState
 
 
 def test_tcp_connections_queued_accepted_and_closed_are_seen() -> None:

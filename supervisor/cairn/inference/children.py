@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cairn.config import ModelConfig
-from cairn.units import JobFailed, ServiceInfo, SocketCounters, UnitError, UnitState, Watcher
+from cairn.system.units import JobFailed, ServiceInfo, SocketCounters, UnitError, UnitState, Watcher
 
 log = logging.getLogger(__name__)
 

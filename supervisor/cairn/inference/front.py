@@ -21,7 +21,7 @@ from cairn.guard import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from cairn.inference import openai
 from cairn.inference.children import ChildUnits, ChildWorker
 from cairn.sleep import Phase, Sleepable, Sleeper
-from cairn.units import UnitError, Units
+from cairn.system.units import UnitError, Units
 
 if TYPE_CHECKING:
     from cairn.gossip.service import Cluster, Peer

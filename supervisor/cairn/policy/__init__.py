@@ -1,0 +1,1 @@
+"""Policies: when to sleep, heal, confirm or roll back, pause for heat, suspend the node."""
