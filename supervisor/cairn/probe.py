@@ -12,7 +12,7 @@ import psutil
 
 from cairn import generations
 from cairn.generations import Generations
-from cairn.gpu import Gpu, Nvml
+from cairn.system.gpu import Gpu, Nvml
 
 
 class Cpu(msgspec.Struct, frozen=True):

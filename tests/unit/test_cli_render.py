@@ -8,12 +8,12 @@ from cairn.cli import render_generations, render_incidents, render_status, rende
 from cairn.components import State, Status
 from cairn.gate import GateView
 from cairn.generations import Generation, Generations
-from cairn.gpu import Gpu
 from cairn.identity import Identity
 from cairn.probe import Cpu, Disk, Memory, Snapshot, Temperature
 from cairn.sleep import Kind, Phase, UnitView
 from cairn.state import Incident, Window
 from cairn.status.document import StatusDocument
+from cairn.system.gpu import Gpu
 
 GIB = 1 << 30
 

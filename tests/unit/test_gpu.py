@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from cairn.gpu import Nvml
+from cairn.system.gpu import Nvml
 
 
 class NotSupported(Exception):

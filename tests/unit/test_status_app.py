@@ -20,12 +20,12 @@ from cairn.daemon import Supervisor
 from cairn.gate import GateView
 from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.service import MemberView
-from cairn.gpu import Gpu
 from cairn.identity import Identity
 from cairn.sleep import UnitView
 from cairn.state import Incident, Rollback, Window
 from cairn.status.app import create_app
 from cairn.status.document import StatusDocument
+from cairn.system.gpu import Gpu
 from tests.conftest import free_port
 
 

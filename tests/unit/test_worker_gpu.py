@@ -5,8 +5,8 @@ from __future__ import annotations
 import llama_cpp
 import pytest
 
-from cairn import gpu
 from cairn.inference.worker import gpu_layers
+from cairn.system import gpu
 from tests.unit.test_gpu import FakeNvml
 
 REAL_NVML = gpu.Nvml

@@ -136,7 +136,7 @@ def gpu_layers(wanted: int) -> tuple[int, str]:
     """Layers to offload, and why: NVML must see a GPU and llama.cpp must be built for it."""
     if wanted == 0:
         return 0, "gpu_layers = 0: CPU only"
-    from cairn.gpu import Nvml
+    from cairn.system.gpu import Nvml
 
     nv = Nvml()
     nv.start()
