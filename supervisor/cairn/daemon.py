@@ -40,11 +40,11 @@ from cairn.heal import (
 from cairn.identity import of_this_machine
 from cairn.inference.front import Inference
 from cairn.power import SUSPENDED, mac_of, may_suspend
-from cairn.probe import Probe, Snapshot
 from cairn.sdnotify import Notifier
 from cairn.sleep import Kind, Phase, Sleepable, Sleeper
 from cairn.state import StateFile, Store
 from cairn.status.app import create_app
+from cairn.system.probe import Probe, Snapshot
 from cairn.system.units import SystemdUnits, UnitError, Units
 from cairn.thermal import Reading, ThermalGuard
 

@@ -9,11 +9,11 @@ from cairn.components import State, Status
 from cairn.gate import GateView
 from cairn.generations import Generation, Generations
 from cairn.identity import Identity
-from cairn.probe import Cpu, Disk, Memory, Snapshot, Temperature
 from cairn.sleep import Kind, Phase, UnitView
 from cairn.state import Incident, Window
 from cairn.status.document import StatusDocument
 from cairn.system.gpu import Gpu
+from cairn.system.probe import Cpu, Disk, Memory, Snapshot, Temperature
 
 GIB = 1 << 30
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cairn.probe import Probe, busy_ratios, isolated_cpus, parse_cpu_list
 from cairn.system.gpu import Nvml
+from cairn.system.probe import Probe, busy_ratios, isolated_cpus, parse_cpu_list
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from cairn.errors import CairnError
-from cairn.probe import parse_cpu_list
+from cairn.system.probe import parse_cpu_list
 
 ISOLATED_PATH = Path("/sys/devices/system/cpu/isolated")
 ONLINE_PATH = Path("/sys/devices/system/cpu/online")

@@ -11,9 +11,9 @@ from cairn.gate import GateView
 from cairn.generations import Generations
 from cairn.gossip.service import MemberView
 from cairn.identity import Identity
-from cairn.probe import Snapshot
 from cairn.sleep import UnitView
 from cairn.state import Incident
+from cairn.system.probe import Snapshot
 
 if TYPE_CHECKING:
     from cairn.daemon import Supervisor

@@ -26,7 +26,7 @@ from cairn.sleep import Phase
 
 if TYPE_CHECKING:
     from cairn.daemon import Supervisor
-    from cairn.probe import Snapshot
+    from cairn.system.probe import Snapshot
 
 
 def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
