@@ -20,7 +20,6 @@ from cairn.components import Components, State
 from cairn.config import Config, WorkerManager
 from cairn.errors import CairnError, ConfigError, StateError
 from cairn.gate import Gate, GateError
-from cairn.generations import Generations
 from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.digest import encode as encode_digest
 from cairn.gossip.keyring import Keyring
@@ -44,6 +43,7 @@ from cairn.sdnotify import Notifier
 from cairn.sleep import Kind, Phase, Sleepable, Sleeper
 from cairn.state import StateFile, Store
 from cairn.status.app import create_app
+from cairn.system.generations import Generations
 from cairn.system.probe import Probe, Snapshot
 from cairn.system.units import SystemdUnits, UnitError, Units
 from cairn.thermal import Reading, ThermalGuard

@@ -22,8 +22,8 @@ import msgspec
 
 from cairn.background import run_in_daemon_thread
 from cairn.errors import CairnError
-from cairn.generations import Generations
 from cairn.state import Rollback, State, Store, Window
+from cairn.system.generations import Generations
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ import msgspec
 from cairn.cli import render_generations, render_incidents, render_status, render_units
 from cairn.components import State, Status
 from cairn.gate import GateView
-from cairn.generations import Generation, Generations
 from cairn.identity import Identity
 from cairn.sleep import Kind, Phase, UnitView
 from cairn.state import Incident, Window
 from cairn.status.document import StatusDocument
+from cairn.system.generations import Generation, Generations
 from cairn.system.gpu import Gpu
 from cairn.system.probe import Cpu, Disk, Memory, Snapshot, Temperature
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cairn import generations, rollback, state
+from cairn import rollback, state
 from cairn.gate import Gate, GateError
 from cairn.state import Rollback, State, StateFile, Store
+from cairn.system import generations
 from tests.unit.test_state import fill, tmpfs
 
 WINDOW = 100.0

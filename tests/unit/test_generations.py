@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cairn import generations
+from cairn.system import generations
 
 
 def make_tree(tmp_path: Path) -> tuple[Path, Path]:

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from cairn import config, generations
+from cairn import config
 from cairn.components import State, Status
 from cairn.daemon import Supervisor
 from cairn.gate import GateView
@@ -25,7 +25,7 @@ from cairn.sleep import UnitView
 from cairn.state import Incident, Rollback, Window
 from cairn.status.app import create_app
 from cairn.status.document import StatusDocument
-from cairn.system import probe
+from cairn.system import generations, probe
 from cairn.system.gpu import Gpu
 from tests.conftest import free_port
 

@@ -8,11 +8,11 @@ import msgspec
 
 from cairn.components import Status
 from cairn.gate import GateView
-from cairn.generations import Generations
 from cairn.gossip.service import MemberView
 from cairn.identity import Identity
 from cairn.sleep import UnitView
 from cairn.state import Incident
+from cairn.system.generations import Generations
 from cairn.system.probe import Snapshot
 
 if TYPE_CHECKING:

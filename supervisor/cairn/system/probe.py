@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 import psutil
 
-from cairn import generations
-from cairn.generations import Generations
+from cairn.system import generations
+from cairn.system.generations import Generations
 from cairn.system.gpu import Gpu, Nvml
 
 
