@@ -39,12 +39,12 @@ from cairn.heal import (
 from cairn.identity import of_this_machine
 from cairn.inference.front import Inference
 from cairn.power import SUSPENDED, mac_of, may_suspend
-from cairn.sdnotify import Notifier
 from cairn.sleep import Kind, Phase, Sleepable, Sleeper
 from cairn.state import StateFile, Store
 from cairn.status.app import create_app
 from cairn.system.generations import Generations
 from cairn.system.probe import Probe, Snapshot
+from cairn.system.sdnotify import Notifier
 from cairn.system.units import SystemdUnits, UnitError, Units
 from cairn.thermal import Reading, ThermalGuard
 

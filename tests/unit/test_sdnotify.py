@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cairn.sdnotify import Notifier
+from cairn.system.sdnotify import Notifier
 
 
 @pytest.fixture

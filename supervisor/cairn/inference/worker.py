@@ -30,7 +30,7 @@ from cairn.inference.types import (
     QueueFull,
     SamplingParams,
 )
-from cairn.sdnotify import Notifier
+from cairn.system.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
