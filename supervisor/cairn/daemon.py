@@ -38,8 +38,8 @@ from cairn.heal import (
 )
 from cairn.identity import of_this_machine
 from cairn.inference.front import Inference
+from cairn.policy.sleep import Kind, Phase, Sleepable, Sleeper
 from cairn.power import SUSPENDED, mac_of, may_suspend
-from cairn.sleep import Kind, Phase, Sleepable, Sleeper
 from cairn.state import StateFile, Store
 from cairn.status.app import create_app
 from cairn.system.generations import Generations

@@ -21,7 +21,7 @@ from typing import Protocol
 import psutil
 
 from cairn.inference.front import unit_of
-from cairn.sleep import available_bytes
+from cairn.policy.sleep import available_bytes
 from cairn.state import INCIDENTS_KEPT, Incident, Store
 from cairn.system.units import JobFailed, UnitError, Units
 from cairn.thermal import Reading

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cairn import config
 from cairn.inference import demo_gguf
 from cairn.inference.front import Inference
-from cairn.sleep import Kind, Phase, Sleepable, Sleeper
+from cairn.policy.sleep import Kind, Phase, Sleepable, Sleeper
 
 TTL = 600.0
 

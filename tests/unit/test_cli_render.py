@@ -8,7 +8,7 @@ from cairn.cli import render_generations, render_incidents, render_status, rende
 from cairn.components import State, Status
 from cairn.gate import GateView
 from cairn.identity import Identity
-from cairn.sleep import Kind, Phase, UnitView
+from cairn.policy.sleep import Kind, Phase, UnitView
 from cairn.state import Incident, Window
 from cairn.status.document import StatusDocument
 from cairn.system.generations import Generation, Generations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from cairn.sleep import Phase, available_bytes, connections, phase_of
+from cairn.policy.sleep import Phase, available_bytes, connections, phase_of
 from cairn.system.units import UnitState
 
 

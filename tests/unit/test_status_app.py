@@ -21,7 +21,7 @@ from cairn.gate import GateView
 from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.service import MemberView
 from cairn.identity import Identity
-from cairn.sleep import UnitView
+from cairn.policy.sleep import UnitView
 from cairn.state import Incident, Rollback, Window
 from cairn.status.app import create_app
 from cairn.status.document import StatusDocument

@@ -20,7 +20,7 @@ from cairn.config import REQUEST_TIMEOUT_S, Config, ModelConfig, ModelKind, Work
 from cairn.guard import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from cairn.inference import openai
 from cairn.inference.children import ChildUnits, ChildWorker
-from cairn.sleep import Phase, Sleepable, Sleeper
+from cairn.policy.sleep import Phase, Sleepable, Sleeper
 from cairn.system.units import UnitError, Units
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from cairn.components import Status
 from cairn.gate import GateView
 from cairn.gossip.service import MemberView
 from cairn.identity import Identity
-from cairn.sleep import UnitView
+from cairn.policy.sleep import UnitView
 from cairn.state import Incident
 from cairn.system.generations import Generations
 from cairn.system.probe import Snapshot

@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from cairn.sleep import Phase
+from cairn.policy.sleep import Phase
 
 if TYPE_CHECKING:
     from cairn.daemon import Supervisor
