@@ -24,7 +24,9 @@ from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.digest import encode as encode_digest
 from cairn.gossip.keyring import Keyring
 from cairn.gossip.service import Cluster
-from cairn.heal import (
+from cairn.identity import of_this_machine
+from cairn.inference.front import Inference
+from cairn.policy.heal import (
     Check,
     DiskFull,
     GpuHot,
@@ -36,8 +38,6 @@ from cairn.heal import (
     Unconfirmed,
     UnitFailed,
 )
-from cairn.identity import of_this_machine
-from cairn.inference.front import Inference
 from cairn.policy.sleep import Kind, Phase, Sleepable, Sleeper
 from cairn.power import SUSPENDED, mac_of, may_suspend
 from cairn.state import StateFile, Store

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cairn.errors import StateError
-from cairn.heal import Healer
+from cairn.policy.heal import Healer
 from cairn.state import Incident, State, StateFile, Store
 
 
