@@ -19,13 +19,13 @@ from cairn.background import run_in_daemon_thread
 from cairn.components import Components, State
 from cairn.config import Config, WorkerManager
 from cairn.errors import CairnError, ConfigError, StateError
-from cairn.gate import Gate, GateError
 from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.digest import encode as encode_digest
 from cairn.gossip.keyring import Keyring
 from cairn.gossip.service import Cluster
 from cairn.identity import of_this_machine
 from cairn.inference.front import Inference
+from cairn.policy.gate import Gate, GateError
 from cairn.policy.heal import (
     Check,
     DiskFull,

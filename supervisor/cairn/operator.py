@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cairn.config import OPERATOR_SOCKET
-from cairn.gate import Gate, GateError
+from cairn.policy.gate import Gate, GateError
 
 log = logging.getLogger(__name__)
 

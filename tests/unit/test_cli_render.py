@@ -6,8 +6,8 @@ import msgspec
 
 from cairn.cli import render_generations, render_incidents, render_status, render_units
 from cairn.components import State, Status
-from cairn.gate import GateView
 from cairn.identity import Identity
+from cairn.policy.gate import GateView
 from cairn.policy.sleep import Kind, Phase, UnitView
 from cairn.state import Incident, Window
 from cairn.status.document import StatusDocument

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cairn import rollback, state
-from cairn.gate import Gate, GateError
+from cairn.policy.gate import Gate, GateError
 from cairn.state import Rollback, State, StateFile, Store
 from cairn.system import generations
 from tests.unit.test_state import fill, tmpfs

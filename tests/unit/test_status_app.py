@@ -17,10 +17,10 @@ from aiohttp.test_utils import TestClient
 from cairn import config
 from cairn.components import State, Status
 from cairn.daemon import Supervisor
-from cairn.gate import GateView
 from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.service import MemberView
 from cairn.identity import Identity
+from cairn.policy.gate import GateView
 from cairn.policy.sleep import UnitView
 from cairn.state import Incident, Rollback, Window
 from cairn.status.app import create_app

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from cairn.components import Status
-from cairn.gate import GateView
 from cairn.gossip.service import MemberView
 from cairn.identity import Identity
+from cairn.policy.gate import GateView
 from cairn.policy.sleep import UnitView
 from cairn.state import Incident
 from cairn.system.generations import Generations
