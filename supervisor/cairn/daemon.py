@@ -39,6 +39,7 @@ from cairn.policy.heal import (
     UnitFailed,
 )
 from cairn.policy.sleep import Kind, Phase, Sleepable, Sleeper
+from cairn.policy.thermal import Reading, ThermalGuard
 from cairn.power import SUSPENDED, mac_of, may_suspend
 from cairn.state import StateFile, Store
 from cairn.status.app import create_app
@@ -46,7 +47,6 @@ from cairn.system.generations import Generations
 from cairn.system.probe import Probe, Snapshot
 from cairn.system.sdnotify import Notifier
 from cairn.system.units import SystemdUnits, UnitError, Units
-from cairn.thermal import Reading, ThermalGuard
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cairn import config
 from cairn.inference import demo_gguf
 from cairn.inference.front import Inference
-from cairn.thermal import Reading, ThermalGuard
+from cairn.policy.thermal import Reading, ThermalGuard
 
 SUSTAIN = 300.0
 

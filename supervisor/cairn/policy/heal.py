@@ -22,9 +22,9 @@ import psutil
 
 from cairn.inference.front import unit_of
 from cairn.policy.sleep import available_bytes
+from cairn.policy.thermal import Reading
 from cairn.state import INCIDENTS_KEPT, Incident, Store
 from cairn.system.units import JobFailed, UnitError, Units
-from cairn.thermal import Reading
 
 log = logging.getLogger(__name__)
 
