@@ -38,9 +38,9 @@ from cairn.policy.heal import (
     Unconfirmed,
     UnitFailed,
 )
+from cairn.policy.power import SUSPENDED, mac_of, may_suspend
 from cairn.policy.sleep import Kind, Phase, Sleepable, Sleeper
 from cairn.policy.thermal import Reading, ThermalGuard
-from cairn.power import SUSPENDED, mac_of, may_suspend
 from cairn.state import StateFile, Store
 from cairn.status.app import create_app
 from cairn.system.generations import Generations

@@ -10,7 +10,7 @@ from cairn.gossip import digest as digests
 from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.messages import MemberState
 from cairn.gossip.sim import SimNetwork, SimNode
-from cairn.power import (
+from cairn.policy.power import (
     SUSPENDED,
     PeerView,
     magic_packet,
@@ -150,7 +150,7 @@ def test_magic_packet_goes_out_over_udp() -> None:
 def test_the_mac_is_read_from_the_interface_holding_the_address() -> None:
     import psutil
 
-    from cairn.power import mac_of
+    from cairn.policy.power import mac_of
 
     assert mac_of("127.0.0.1") is None  # loopback's is all zeros
     assert mac_of("192.0.2.1") is None  # an address no interface has

@@ -23,7 +23,7 @@ from cairn.gossip.membership import Member, Membership
 from cairn.gossip.messages import Digest, MemberState
 from cairn.gossip.profiles import TIMINGS
 from cairn.gossip.transport import SocketTransport
-from cairn.power import WOL_BROADCAST, PeerView, send_magic_packet, wake_targets
+from cairn.policy.power import WOL_BROADCAST, PeerView, send_magic_packet, wake_targets
 
 log = logging.getLogger(__name__)
 
