@@ -1,4 +1,4 @@
-"""Node probe: CPU-list parsing, isolated cores, a real snapshot of this machine."""
+"""Node probe: available memory, a real snapshot of this machine."""
 
 from __future__ import annotations
 
@@ -12,34 +12,14 @@ import psutil
 import pytest
 
 from cairn.system.gpu import Nvml
-from cairn.system.probe import Probe, busy_ratios, isolated_cpus, parse_cpu_list
+from cairn.system.probe import Probe, available_bytes, busy_ratios
 
 
-@pytest.mark.parametrize(
-    ("text", "cores"),
-    [
-        ("", []),
-        ("\n", []),
-        ("3", [3]),
-        ("0-2,5,7-8\n", [0, 1, 2, 5, 7, 8]),
-        ("2-5,12-15", [2, 3, 4, 5, 12, 13, 14, 15]),
-    ],
-)
-def test_parse_cpu_list(text: str, cores: list[int]) -> None:
-    assert parse_cpu_list(text) == cores
-
-
-@pytest.mark.parametrize("text", ["a", "5-2", "1-x"])
-def test_parse_cpu_list_rejects_garbage(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_cpu_list(text)
-
-
-def test_isolated_cpus_reads_the_sysfs_file(tmp_path: Path) -> None:
-    f = tmp_path / "isolated"
-    f.write_text("1,3-4\n")
-    assert isolated_cpus(f) == [1, 3, 4]
-    assert isolated_cpus(tmp_path / "absent") == []
+def test_available_memory_is_read(tmp_path: Path) -> None:
+    assert available_bytes(Path("/proc/meminfo")) > 0
+    fake = tmp_path / "meminfo"
+    fake.write_text("MemTotal:  100 kB\nMemAvailable:   42 kB\n")
+    assert available_bytes(fake) == 42 * 1024
 
 
 class NoDriver:

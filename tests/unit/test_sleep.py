@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from cairn.policy.sleep import Phase, available_bytes, connections, phase_of
+from cairn.policy.sleep import Phase, connections, phase_of
 from cairn.system.units import UnitState
 
 
@@ -38,13 +38,6 @@ def test_unix_connections_are_seen(tmp_path: Path) -> None:
             assert connections(listen)[0] == 1
             conn.close()
         assert connections(listen)[0] == 0
-
-
-def test_available_memory_is_read(tmp_path: Path) -> None:
-    assert available_bytes(Path("/proc/meminfo")) > 0
-    fake = tmp_path / "meminfo"
-    fake.write_text("MemTotal:  100 kB\nMemAvailable:   42 kB\n")
-    assert available_bytes(fake) == 42 * 1024
 
 
 def test_phases_follow_systemd() -> None:

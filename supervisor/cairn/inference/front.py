@@ -21,7 +21,7 @@ from cairn.guard import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from cairn.inference import openai
 from cairn.inference.children import ChildUnits, ChildWorker
 from cairn.policy.sleep import Phase, Sleepable, Sleeper
-from cairn.system.units import UnitError, Units
+from cairn.system.units import UnitError, Units, unit_of
 
 if TYPE_CHECKING:
     from cairn.gossip.service import Cluster, Peer
@@ -37,11 +37,6 @@ _STARTED = web.RequestKey("cairn_response", web.StreamResponse)
 MODEL_KEY = web.RequestKey("cairn_model", str)
 FORWARDED_BY = "X-Cairn-Forwarded-By"  # set on a request one node passes to another
 WAKE_KEEPALIVE_S = 1.0  # a streaming client waiting for a wake hears from us this often
-
-
-def unit_of(model: str) -> str:
-    """The worker unit of a model (the standalone children answer to the same names)."""
-    return f"cairn-model@{model}.service"
 
 
 def _started(request: web.Request) -> web.StreamResponse | None:

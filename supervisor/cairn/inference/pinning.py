@@ -17,10 +17,8 @@ import os
 from pathlib import Path
 
 from cairn.errors import CairnError
-from cairn.system.probe import parse_cpu_list
+from cairn.system.cpus import ISOLATED_PATH, ONLINE_PATH, parse_cpu_list, read_cpu_list
 
-ISOLATED_PATH = Path("/sys/devices/system/cpu/isolated")
-ONLINE_PATH = Path("/sys/devices/system/cpu/online")
 PROC = Path("/proc")
 
 
@@ -38,7 +36,7 @@ def resolve_cpus(
     if spec is None:
         return sorted(os.sched_getaffinity(0))
     if spec == "isolated":
-        cores = _read_cpu_list(isolated_path)
+        cores = read_cpu_list(isolated_path)
         if not cores:
             raise PinningError(f"cpus = 'isolated' but no core is isolated ({isolated_path})")
         return cores
@@ -118,17 +116,9 @@ def _tids(pid: int, *, proc: Path = PROC) -> set[int]:
         return set()  # the process is gone: it has no threads
 
 
-def _read_cpu_list(path: Path) -> list[int]:
-    """A kernel CPU list file, [] when it is missing or unreadable."""
-    try:
-        return parse_cpu_list(path.read_text())
-    except (OSError, ValueError):
-        return []
-
-
 def _online_cpus(path: Path) -> list[int]:
     """Online cores from sysfs, or this process's mask where sysfs is missing (containers)."""
-    return _read_cpu_list(path) or sorted(os.sched_getaffinity(0))
+    return read_cpu_list(path) or sorted(os.sched_getaffinity(0))
 
 
 def _render(cores: list[int]) -> str:

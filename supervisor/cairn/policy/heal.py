@@ -20,11 +20,10 @@ from typing import Protocol
 
 import psutil
 
-from cairn.inference.front import unit_of
-from cairn.policy.sleep import available_bytes
 from cairn.policy.thermal import Reading
 from cairn.state import INCIDENTS_KEPT, Incident, Store
-from cairn.system.units import JobFailed, UnitError, Units
+from cairn.system.probe import available_bytes
+from cairn.system.units import JobFailed, UnitError, Units, unit_of
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ import msgspec
 
 from cairn.buckets import Buckets
 from cairn.config import SleepConfig
+from cairn.system.probe import available_bytes
 from cairn.system.units import UnitError, Units, UnitState
 
 log = logging.getLogger(__name__)
@@ -298,14 +299,6 @@ class Sleeper:
 
 
 # --- reading the kernel's view -----------------------------------------------------------
-
-
-def available_bytes(meminfo: Path) -> int:
-    """MemAvailable from /proc/meminfo."""
-    for line in meminfo.read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise ValueError(f"no MemAvailable in {meminfo}")
 
 
 def _port(address: str) -> int | None:

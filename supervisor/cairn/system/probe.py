@@ -11,6 +11,7 @@ import msgspec
 import psutil
 
 from cairn.system import generations
+from cairn.system.cpus import ISOLATED_PATH, read_cpu_list
 from cairn.system.generations import Generations
 from cairn.system.gpu import Gpu, Nvml
 
@@ -65,26 +66,12 @@ class Snapshot(msgspec.Struct, frozen=True):
     gpu_reason: str
 
 
-def parse_cpu_list(text: str) -> list[int]:
-    """Parse the kernel's CPU list format ('0-2,5,7-8') into sorted core numbers."""
-    cores: set[int] = set()
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        start, end = int(lo), int(hi or lo)
-        if end < start:
-            raise ValueError(f"descending range {part!r}")
-        cores.update(range(start, end + 1))
-    return sorted(cores)
-
-
-def isolated_cpus(path: Path = Path("/sys/devices/system/cpu/isolated")) -> list[int]:
-    """Cores removed from the scheduler with isolcpus=; [] when none or unknown."""
-    try:
-        return parse_cpu_list(path.read_text())
-    except (OSError, ValueError):
-        return []
+def available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """MemAvailable from /proc/meminfo."""
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"no MemAvailable in {meminfo}")
 
 
 def _temperatures() -> list[Temperature]:
@@ -154,7 +141,7 @@ class Probe:
             cpu=Cpu(
                 count=psutil.cpu_count() or 0,
                 usage_ratio=usage,
-                isolated=isolated_cpus(),
+                isolated=read_cpu_list(ISOLATED_PATH),
             ),
             load=list(os.getloadavg()),
             memory=Memory(vm.total, vm.available, vm.total - vm.available),

@@ -28,6 +28,11 @@ FINISHED_KEPT = 512  # JobRemoved results kept for callers whose reply came afte
 JOB_WAIT_S = 900.0  # no job waits longer (a worker's start is bounded well below by its unit)
 
 
+def unit_of(model: str) -> str:
+    """The worker unit of a model (the standalone children answer to the same names)."""
+    return f"cairn-model@{model}.service"
+
+
 class UnitError(CairnError):
     """systemd refused or could not do what was asked."""
 
