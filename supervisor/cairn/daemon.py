@@ -19,7 +19,7 @@ from cairn.background import run_in_daemon_thread
 from cairn.components import Components, State
 from cairn.config import Config, WorkerManager
 from cairn.errors import CairnError, ConfigError, StateError
-from cairn.gossip.digest import ModelDigest, NodeDigest
+from cairn.gossip.digest import SUSPENDED, ModelDigest, NodeDigest
 from cairn.gossip.digest import encode as encode_digest
 from cairn.gossip.keyring import Keyring
 from cairn.gossip.service import Cluster
@@ -38,7 +38,7 @@ from cairn.policy.heal import (
     Unconfirmed,
     UnitFailed,
 )
-from cairn.policy.power import SUSPENDED, mac_of, may_suspend
+from cairn.policy.power import may_suspend
 from cairn.policy.sleep import Kind, Phase, Sleepable, Sleeper
 from cairn.policy.thermal import Reading, ThermalGuard
 from cairn.state import StateFile, Store
@@ -47,6 +47,7 @@ from cairn.system.generations import Generations
 from cairn.system.probe import Probe, Snapshot
 from cairn.system.sdnotify import Notifier
 from cairn.system.units import SystemdUnits, UnitError, Units
+from cairn.system.wol import mac_of
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from cairn import config
 from cairn.gossip import digest as digests
-from cairn.gossip.digest import ModelDigest, NodeDigest
+from cairn.gossip.digest import SUSPENDED, ModelDigest, NodeDigest
 from cairn.gossip.messages import MemberState
 from cairn.gossip.service import Cluster
-from cairn.policy.power import SUSPENDED, magic_packet
+from cairn.system.wol import magic_packet
 from tests.conftest import free_port
 
 MAC = "02:00:00:00:00:0b"

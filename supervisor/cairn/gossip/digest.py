@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
 
+from cairn.gossip.messages import MemberState
+
 Small = Annotated[int, msgspec.Meta(ge=0, le=1 << 20)]
+SUSPENDED = "suspended"  # `NodeDigest.power` of a node that left the cluster to suspend
 
 
 class ModelDigest(msgspec.Struct, frozen=True, array_like=True):
@@ -62,3 +66,25 @@ def decode(body: bytes) -> NodeDigest | None:
         return _decoder.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """One member as the cluster sees it: its name, state and last digest."""
+
+    name: str
+    state: MemberState
+    digest: NodeDigest | None
+
+
+def wake_targets(model: str, peers: list[PeerView]) -> list[tuple[str, str]]:
+    """(name, MAC) of suspended members that serve `model`, to send a magic packet to."""
+    return [
+        (p.name, p.digest.mac)
+        for p in peers
+        if p.state is MemberState.LEFT
+        and p.digest is not None
+        and p.digest.power == SUSPENDED
+        and p.digest.mac is not None
+        and model in p.digest.models
+    ]

@@ -18,12 +18,13 @@ from cairn.config import GossipConfig
 from cairn.errors import CairnError
 from cairn.gossip import digest as digests
 from cairn.gossip.clock import Addr, LoopClock
+from cairn.gossip.digest import PeerView, wake_targets
 from cairn.gossip.keyring import Keyring
 from cairn.gossip.membership import Member, Membership
 from cairn.gossip.messages import Digest, MemberState
 from cairn.gossip.profiles import TIMINGS
 from cairn.gossip.transport import SocketTransport
-from cairn.policy.power import WOL_BROADCAST, PeerView, send_magic_packet, wake_targets
+from cairn.system.wol import WOL_BROADCAST, send_magic_packet
 
 log = logging.getLogger(__name__)
 
