@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.harness.poll import wait_until
 
 pytest_plugins = ["tests.harness.fixtures"]
 
@@ -41,16 +42,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
-    """Poll `predicate` until true or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass
@@ -149,7 +140,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
             )
         node = Node(proc, f"http://{host}:{port}", log_path, token)
         started.append(node)
-        wait_for(lambda: node.alive() or proc.poll() is not None, 20, "the daemon to listen")
+        wait_until(lambda: node.alive() or proc.poll() is not None, 20, what="the daemon to listen")
         if proc.poll() is not None:
             raise AssertionError(f"daemon exited {proc.returncode}:\n{node.log()}")
         return node

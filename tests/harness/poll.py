@@ -1,4 +1,4 @@
-"""Poll a condition until it holds or a deadline passes."""
+"""Poll a condition until it holds or a deadline passes: the one polling helper of the tests."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ import jsonschema
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import CAIRN_BIN, Node, wait_for
+from tests.conftest import CAIRN_BIN, Node
+from tests.harness import wait_until
 
 OPENAPI = json.loads(resources.files("cairn.status").joinpath("openapi.json").read_text())
 
@@ -35,14 +36,14 @@ def test_livez_then_readyz_503_then_200(start_node: Callable[..., Node]) -> None
     assert first.status == 503
     validate(first.json(), "Ready")
     assert first.json()["not_ready"]["probe"]["state"] == "starting"
-    wait_for(lambda: node.get("/readyz").status == 200, 15, "readiness")
+    wait_until(lambda: node.get("/readyz").status == 200, 15, what="readiness")
     assert node.get("/readyz").json() == {"ready": True, "not_ready": {}}
 
 
 def test_status_matches_the_openapi_schema(start_node: Callable[..., Node]) -> None:
     node = start_node(probe_interval=1.0)
     validate(node.get("/status").json(), "Status")  # before the first probe: probe is null
-    wait_for(lambda: node.get("/status").json()["probe"] is not None, 15, "a probe sample")
+    wait_until(lambda: node.get("/status").json()["probe"] is not None, 15, what="a probe sample")
     doc = node.get("/status").json()
     validate(doc, "Status")
     assert doc["node"]["name"] == "test-node"
@@ -70,7 +71,7 @@ def test_openapi_document_is_served_and_lists_every_route(start_node: Callable[.
 
 def test_metrics_parse_and_are_prefixed(start_node: Callable[..., Node]) -> None:
     node = start_node(probe_interval=1.0)
-    wait_for(lambda: node.get("/readyz").status == 200, 15, "readiness")
+    wait_until(lambda: node.get("/readyz").status == 200, 15, what="readiness")
     node.get("/nope")
     resp = node.get("/metrics")
     assert resp.headers["Content-Type"].startswith("text/plain")
@@ -131,7 +132,7 @@ def test_port_in_use_exits_nonzero_with_reason(start_node: Callable[..., Node]) 
 
 def test_cairn_status_prints_a_table(start_node: Callable[..., Node]) -> None:
     node = start_node(probe_interval=1.0)
-    wait_for(lambda: node.get("/readyz").status == 200, 15, "readiness")
+    wait_until(lambda: node.get("/readyz").status == 200, 15, what="readiness")
     out = subprocess.run(
         [CAIRN_BIN, "status", "--url", node.url], capture_output=True, text=True, check=True
     ).stdout

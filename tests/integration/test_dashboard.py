@@ -13,7 +13,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from cairn.inference import demo_gguf
-from tests.conftest import REPO, Node, free_port, wait_for
+from tests.conftest import REPO, Node, free_port
+from tests.harness import wait_until
 
 ARTIFACTS = REPO / "build" / "test-artifacts"
 CHROMIUM_FLAGS = [
@@ -79,7 +80,7 @@ def chromium(*args: str, tmp: Path) -> str:
 
 def test_dashboard_renders_status_tables(start_node: Callable[..., Node], tmp_path: Path) -> None:
     node = start_node(probe_interval=0.5)
-    wait_for(lambda: node.get("/readyz").status == 200, 15, "readiness")
+    wait_until(lambda: node.get("/readyz").status == 200, 15, what="readiness")
 
     parser = Tables()
     parser.feed(chromium("--dump-dom", node.url + "/", tmp=tmp_path))
@@ -124,10 +125,10 @@ def test_dashboard_shows_the_cluster(start_node: Callable[..., Node], tmp_path: 
         node={"name": "three", "state_dir": str(tmp_path / "three")},
         gossip={**gossip, "port": free_port(), "join": [f"127.0.0.1:{ports[0]}"]},
     )
-    wait_for(
+    wait_until(
         lambda: [m["state"] for m in node.get("/status").json()["cluster"]] == ["alive"] * 3,
         20,
-        "three alive members",
+        what="three alive members",
     )
     parser = Tables()
     parser.feed(chromium("--dump-dom", node.url + "/", tmp=tmp_path))
@@ -150,10 +151,10 @@ def test_dashboard_shows_a_sleeping_worker_and_an_incident(
         # More than any machine has: the memory check opens an incident at once.
         heal={"interval": 0.5, "memory_min_mb": 1 << 30},
     )
-    wait_for(
+    wait_until(
         lambda: node.get("/status").json()["sleep"][0]["sleeps"] == {"idle": 1},
         30,
-        "the idle worker to sleep",
+        what="the idle worker to sleep",
     )
     parser = Tables()
     parser.feed(chromium("--dump-dom", node.url + "/", tmp=tmp_path))

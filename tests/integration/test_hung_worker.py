@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from cairn.inference import demo_gguf
-from tests.conftest import Node, wait_for
+from tests.conftest import Node
 from tests.harness import wait_until
 from tests.integration import test_systemd_worker as worker
 
@@ -59,7 +59,7 @@ def test_a_stopped_worker_times_out_and_is_restarted(
             }
         ],
     )
-    wait_for(lambda: _model(node)["state"] == "ready", 60, "the worker to load")
+    wait_until(lambda: _model(node)["state"] == "ready", 60, what="the worker to load")
     hung = _model(node)["pid"]
     client = openai.OpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0, timeout=60)
     os.kill(hung, signal.SIGSTOP)
@@ -71,8 +71,8 @@ def test_a_stopped_worker_times_out_and_is_restarted(
         assert err.value.status_code == 504, err.value
         assert time.monotonic() - started < PROBE_TIMEOUT  # the deadline, not the restart
         # The healer's probe finds it hung and the ladder replaces the process.
-        wait_for(lambda: _model(node)["pid"] not in (None, hung), 60, "a new worker process")
-        wait_for(lambda: _model(node)["state"] == "ready", 60, "the new worker to be ready")
+        wait_until(lambda: _model(node)["pid"] not in (None, hung), 60, what="a new worker process")
+        wait_until(lambda: _model(node)["state"] == "ready", 60, what="the new worker to be ready")
         done = client.completions.create(model="demo", prompt="hello", max_tokens=4)
         assert done.choices[0].text is not None
     finally:
@@ -165,13 +165,13 @@ def test_a_worker_whose_decoding_hangs_is_restarted(
         heal={"interval": 1.0, "probe_timeout": 2.0, "stall_timeout": 4.0},
         models=[{"name": "demo", "path": str(path), "kind": "gguf", "threads": 1}],
     )
-    wait_for(lambda: _model(node)["state"] == "ready", 60, "the worker to load")
+    wait_until(lambda: _model(node)["state"] == "ready", 60, what="the worker to load")
     hung = _model(node)["pid"]
     client = openai.OpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0, timeout=60)
     hang.touch()
     with pytest.raises(openai.APIError):  # cut off when the ladder replaces the worker
         client.completions.create(model="demo", prompt="hello", max_tokens=4)
-    wait_for(lambda: _model(node)["pid"] not in (None, hung), 60, "a new worker process")
+    wait_until(lambda: _model(node)["pid"] not in (None, hung), 60, what="a new worker process")
     hang.unlink()
-    wait_for(lambda: _model(node)["state"] == "ready", 60, "the new worker to be ready")
+    wait_until(lambda: _model(node)["state"] == "ready", 60, what="the new worker to be ready")
     assert client.completions.create(model="demo", prompt="hi", max_tokens=4).choices

@@ -21,7 +21,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from cairn.inference import demo
-from tests.conftest import Node, wait_for
+from tests.conftest import Node
+from tests.harness import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +58,10 @@ def node(start_node: Callable[..., Node], models_dir: Path, socket_dir: str) -> 
             model("gguf-embed", models_dir / "demo.gguf", embedding=True),
         ],
     )
-    wait_for(
+    wait_until(
         lambda: all(m["state"] in ("ready", "failed") for m in status(n)["models"].values()),
         60,
-        "every worker to load or fail",
+        what="every worker to load or fail",
     )
     return n
 
@@ -183,13 +184,13 @@ def test_client_disconnect_cancels_generation(node: Node) -> None:
     next(iter(stream))
     stream.close()  # hang up mid-stream
     # The slot frees long before 3500 tokens could be generated: the request was cancelled.
-    wait_for(
+    wait_until(
         lambda: (
             status(node)["models"]["tight"]["stats"].get("active") == 0
             and status(node)["models"]["tight"]["stats"].get("cancelled_total", 0) >= 1
         ),
         15,
-        "the cancelled request to leave its slot",
+        what="the cancelled request to leave its slot",
     )
 
 
@@ -243,10 +244,10 @@ def test_workers_die_with_a_killed_supervisor(node: Node) -> None:
     assert pids
     node.proc.kill()  # SIGKILL: no chance to stop its children itself
     node.proc.wait()
-    wait_for(
+    wait_until(
         lambda: not any(Path(f"/proc/{p}").exists() for p in pids),
         10,
-        "the workers to exit after their supervisor died",
+        what="the workers to exit after their supervisor died",
     )
 
 
@@ -268,14 +269,14 @@ def test_worker_threads_are_pinned_one_core_each(
         inference={"socket_dir": socket_dir},
         models=[model("pinned", models_dir / "demo.gguf", cpus=[0, 1], threads=2, slots=1)],
     )
-    wait_for(lambda: status(n)["models"]["pinned"]["state"] == "ready", 60, "the worker")
+    wait_until(lambda: status(n)["models"]["pinned"]["state"] == "ready", 60, what="the worker")
     client(n).completions.create(model="pinned", prompt="warm up", max_tokens=8)  # threads exist
 
     def cores_used() -> set[int]:
         return {c for cores in status(n)["models"]["pinned"]["threads"].values() for c in cores}
 
     # /health is polled each second: wait for a map taken after the decode threads started.
-    wait_for(lambda: cores_used() == {0, 1}, 10, "threads on both cores")
+    wait_until(lambda: cores_used() == {0, 1}, 10, what="threads on both cores")
     m = status(n)["models"]["pinned"]
     assert m["cores"] == [0, 1]
     # OpenMP binds thread i to core i; threads the bound main thread starts inherit core 0.

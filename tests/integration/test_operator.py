@@ -12,7 +12,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import CAIRN, Node, wait_for
+from tests.conftest import CAIRN, Node
+from tests.harness import wait_until
 
 NOBODY = 65534
 
@@ -81,7 +82,7 @@ def test_operator_socket_is_private_and_checks_the_callers_uid(
     state.chmod(0o755)
     node = start_node(node={"state_dir": str(state / "state")})
     sock = _socket_of(node)
-    wait_for(sock.exists, 10, "the operator socket")
+    wait_until(sock.exists, 10, what="the operator socket")
     assert sock.stat().st_mode & 0o777 == 0o600
     assert sock.stat().st_uid == os.getuid()
     # Root (the test's user, so also the daemon's) reaches the gate: off NixOS it says why not.
@@ -105,7 +106,7 @@ def test_operator_socket_is_private_and_checks_the_callers_uid(
 def test_cli_confirm_and_rollback_use_the_socket(start_node: Callable[..., Node]) -> None:
     node = start_node()
     sock = _socket_of(node)
-    wait_for(sock.exists, 10, "the operator socket")
+    wait_until(sock.exists, 10, what="the operator socket")
     cfg = _config_of(node)
     for argv in (["confirm", "--config", cfg], ["rollback", "3", "--socket", str(sock)]):
         out = subprocess.run([*CAIRN, *argv], capture_output=True, text=True, check=False)
@@ -128,4 +129,6 @@ def test_a_stale_socket_file_is_replaced(start_node: Callable[..., Node], tmp_pa
         s.bind(str(stale))
     node = start_node()
     assert _socket_of(node) == stale
-    wait_for(lambda: _raw(stale, _request()).startswith("HTTP/1.1 409"), 10, "the new socket")
+    wait_until(
+        lambda: _raw(stale, _request()).startswith("HTTP/1.1 409"), 10, what="the new socket"
+    )

@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from cairn.gossip.keyring import Keyring
 from cairn.inference import demo
 from cairn.inference.front import FORWARDED_BY
-from tests.conftest import Node, free_port, wait_for
+from tests.conftest import Node, free_port
+from tests.harness import wait_until
 from tests.harness.lan import Lan
 
 
@@ -73,7 +74,7 @@ def pair(
         digest = rows.get("b", {}).get("digest") or {}
         return bool(digest.get("models", {}).get("demo", {}).get("state") == "ready")
 
-    wait_for(a_sees_demo_ready, 60, "a to learn from b's digest that demo is ready")
+    wait_until(a_sees_demo_ready, 60, what="a to learn from b's digest that demo is ready")
     yield a, b
     shutil.rmtree(sockets, ignore_errors=True)
 
@@ -104,10 +105,10 @@ def test_a_streams_an_answer_from_the_model_only_b_serves(pair: tuple[Node, Node
     assert "".join(chunks)
     assert _counter(a, "cairn_requests_forwarded_total") == 1
     # b counts the request once its handler returns, a moment after the last byte left.
-    wait_for(
+    wait_until(
         lambda: _counter(b, "cairn_model_requests_total", model="demo") == before + 1,
         5,
-        "b to count the request it answered",
+        what="b to count the request it answered",
     )
 
 
@@ -138,19 +139,19 @@ def test_a_model_no_node_serves_is_404_and_a_gone_one_503(pair: tuple[Node, Node
     status, body = _post(a, "nowhere")
     assert (status, body["error"]["code"]) == (404, "model_not_found")
     b.proc.kill()  # b falls silent: a suspects, then declares it dead
-    wait_for(lambda: _post(a, "demo")[0] == 503, 30, "a to stop routing to the dead b")
+    wait_until(lambda: _post(a, "demo")[0] == 503, 30, what="a to stop routing to the dead b")
     status, body = _post(a, "demo")
     assert "'demo'" in body["error"]["message"]
     assert a.alive()
     rows = {m["name"]: m for m in a.get("/status").json()["cluster"]}
     assert rows["b"]["digest"]["models"]["demo"]["state"] == "ready"  # b's last word stands...
-    wait_for(  # ...but b itself is written off
+    wait_until(  # ...but b itself is written off
         lambda: (
             {m["name"]: m for m in a.get("/status").json()["cluster"]}["b"]["state"]
             in ("suspect", "dead")
         ),
         15,
-        "a to suspect the killed b",
+        what="a to suspect the killed b",
     )
 
 
@@ -189,7 +190,7 @@ def net_pair(
         digest = rows.get("b", {}).get("digest") or {}
         return bool(digest.get("models", {}).get("demo", {}).get("state") == "ready")
 
-    wait_for(a_sees_demo_ready, 60, "a to learn from b's digest that demo is ready")
+    wait_until(a_sees_demo_ready, 60, what="a to learn from b's digest that demo is ready")
     yield a, b, Keyring([raw], "cairn")
     shutil.rmtree(sockets, ignore_errors=True)
 
@@ -222,10 +223,10 @@ def test_a_hop_between_nodes_on_the_network_is_signed_and_served(
     a, b, _ = net_pair
     assert _send(a, CHAT_PATH, {"Authorization": f"Bearer {TOKEN}"}) == 200
     assert _counter(a, "cairn_requests_forwarded_total") == 1
-    wait_for(
+    wait_until(
         lambda: _counter(b, "cairn_model_requests_total", model="demo", code="200") == 1,
         5,
-        "b to count the request it answered for a",
+        what="b to count the request it answered for a",
     )
 
 

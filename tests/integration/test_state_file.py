@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import CAIRN_BIN, Node, free_port, wait_for
+from tests.conftest import CAIRN_BIN, Node, free_port
+from tests.harness import wait_until
 from tests.unit.test_state import fill, tmpfs
 
 
@@ -23,7 +24,7 @@ def test_a_full_state_disk_makes_the_node_not_ready_until_it_has_room(
             found: dict[str, dict[str, str]] = node.get("/readyz").json()["not_ready"]
             return found
 
-        wait_for(lambda: "state" in not_ready(), 20, "the state component to degrade")
+        wait_until(lambda: "state" in not_ready(), 20, what="the state component to degrade")
         path = state / "state.json"
         assert not_ready()["state"] == {
             "state": "degraded",
@@ -35,18 +36,18 @@ def test_a_full_state_disk_makes_the_node_not_ready_until_it_has_room(
             found = node.get("/status").json()["incidents"]
             return [i for i in found if i["check"] == "state-unsaved"]
 
-        wait_for(lambda: bool(unsaved()), 10, "the state-unsaved incident")
+        wait_until(lambda: bool(unsaved()), 10, what="the state-unsaved incident")
         (incident,) = unsaved()
         assert incident["subject"] == str(path) and "in memory only" in incident["detail"]
         filler.unlink()
-        wait_for(lambda: node.get("/readyz").status == 200, 20, "the node to be ready again")
-        wait_for(
+        wait_until(lambda: node.get("/readyz").status == 200, 20, what="the node to be ready again")
+        wait_until(
             lambda: any(
                 i["check"] == "state-unsaved" and i["closed"]
                 for i in json.loads(path.read_text())["incidents"]
             ),
             20,
-            "the closed incident on disk",
+            what="the closed incident on disk",
         )
 
 
