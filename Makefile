@@ -36,19 +36,23 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: run test lint typecheck unit integration bench-footprint bench-inference bench-gossip bench-wake apt-run apt-test clean \
+.PHONY: run test lint imports typecheck unit integration bench-footprint bench-inference bench-gossip bench-wake apt-run apt-test clean \
   options-doc
 
 run: $(VENV)/.run-installed
 	@echo "Starting a Cairn node; it logs its URL (default http://127.0.0.1:8470/). Ctrl-C stops it."
 	$(BIN)/cairn run $(if $(CONFIG),--config $(CONFIG))
 
-test: $(VENV)/.test-installed apt-test lint typecheck
+test: $(VENV)/.test-installed apt-test lint imports typecheck
 	$(BIN)/pytest
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check supervisor tests
 	$(BIN)/ruff format --check supervisor tests
+
+# The layers contract in pyproject.toml ([tool.importlinter]; docs/architecture.md "Layers").
+imports: $(VENV)/.test-installed
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
