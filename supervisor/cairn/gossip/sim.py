@@ -207,9 +207,6 @@ class SimNetwork:
         """Cut the link between two nodes, both ways, UDP and TCP."""
         self.blocked.add(frozenset((a, b)))
 
-    def unblock(self, a: str, b: str) -> None:
-        self.blocked.discard(frozenset((a, b)))
-
     def isolate(self, name: str) -> None:
         """Partition one node from every other."""
         for other in self.nodes:
