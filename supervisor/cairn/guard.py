@@ -181,8 +181,9 @@ class RepeatFilter(logging.Filter):
 
 
 # Loggers that can be flooded by clients: asyncio's accept() errors, aiohttp's per-connection
-# errors, and our own refusals.
-QUIET_LOGGERS = ("asyncio", "aiohttp.server", "aiohttp.web", __name__)
+# errors, the status app's unhandled-error traces (one per request, should a request still
+# find a way to a 500), and our own refusals.
+QUIET_LOGGERS = ("asyncio", "aiohttp.server", "aiohttp.web", "cairn.status.app", __name__)
 
 
 def quiet_floods() -> None:

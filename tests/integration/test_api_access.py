@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -72,3 +73,37 @@ def test_the_openai_sdk_on_loopback_works_with_any_key(start_node: Callable[...,
         assert err.code == "model_not_found"
     else:
         raise AssertionError("a model that does not exist answered")
+
+
+def _raw(node: Node, request: bytes) -> tuple[int, Any]:
+    """Send `request` as bytes on a fresh connection (no client library escapes anything)."""
+    host, _, port = node.url.removeprefix("http://").rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_undecodable_origin_and_content_type_are_refused_not_500(
+    start_node: Callable[..., Node],
+) -> None:
+    node = start_node()
+    host = node.url.removeprefix("http://").encode()
+    post = b"POST /v1/completions HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n"
+    get = b"GET /status HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n"
+    body = b'{"model": "nope", "prompt": "x"}'
+    length = b"Content-Length: %d\r\n\r\n" % len(body)
+    for origin in (b"http://xn--", b"http://\xff", b"http://xn--\xff.example"):
+        code, doc = _raw(node, get + b"Origin: " + origin + b"\r\n\r\n")
+        assert code == 403 and doc["error"]["status"] == 403, (origin, doc)
+        json_post = post + b"Content-Type: application/json\r\nOrigin: " + origin + b"\r\n"
+        code, doc = _raw(node, json_post + length + body)
+        assert (code, doc["error"]["code"]) == (403, "forbidden"), (origin, doc)
+        assert doc["error"]["message"].isascii()
+    code, doc = _raw(node, post + b"Content-Type: text/\xff\r\n" + length + body)
+    assert (code, doc["error"]["code"]) == (415, "unsupported_media_type"), doc
+    assert "'text/\\udcff'" in doc["error"]["message"]  # the byte shown escaped, never raw
+    assert "Traceback" not in node.log()

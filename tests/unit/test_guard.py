@@ -113,3 +113,10 @@ def test_a_repeated_line_is_written_once_a_minute_with_the_count_held_back() -> 
     rec = _record(accept % 100)
     assert f.filter(rec)
     assert rec.getMessage().endswith("[99 more like this in 61 s]")
+
+
+def test_the_status_apps_error_traces_are_rate_limited_too() -> None:
+    from cairn.status import app as status_app  # the logger its 500s write their traces to
+
+    guard.quiet_floods()
+    assert any(isinstance(f, RepeatFilter) for f in status_app.log.filters)
