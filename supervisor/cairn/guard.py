@@ -58,11 +58,14 @@ class ConnectionLimits:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return cls("api", PER_CLIENT, max(PER_CLIENT, soft - FD_RESERVE))
 
-    def admit(self, client: str) -> bool:
-        """Count a new connection from `client`, or refuse it (counted, and logged quietly)."""
+    def admit(self, client: str, capped: bool = True) -> bool:
+        """Count a new connection from `client`, or refuse it (counted, and logged quietly).
+
+        `capped=False`: a client known to be good, held only to its own cap, not the total.
+        """
         if self.open[client] >= self.per_client:
             reason = "per_client"
-        elif self.open_total >= self.total:
+        elif capped and self.open_total >= self.total:
             reason = "total"
         else:
             self.open[client] += 1
@@ -89,7 +92,7 @@ class ConnectionLimits:
 _IP: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _plain(ip: _IP) -> _IP:
+def unmapped(ip: _IP) -> _IP:
     """An IPv4-mapped IPv6 address as the IPv4 address it is; any other unchanged."""
     return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
 
@@ -107,7 +110,7 @@ def socket_owner(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     or its owner has closed it already. An IPv4 client may hold an IPv4 socket or an IPv6 one
     connected to a mapped address, whichever way our listener sees it: both are looked for.
     """
-    ends = [_plain(ipaddress.ip_address(a.partition("%")[0])) for a in (local[0], remote[0])]
+    ends = [unmapped(ipaddress.ip_address(a.partition("%")[0])) for a in (local[0], remote[0])]
     wanted: list[tuple[str, _IP, _IP]] = []
     if all(isinstance(ip, ipaddress.IPv4Address) for ip in ends):
         wanted.append(("tcp", ends[0], ends[1]))
@@ -140,7 +143,7 @@ def client_key(peer: object, ours: object) -> str:
         return ""
     address = str(peer[0])
     try:
-        loopback = _plain(ipaddress.ip_address(address.partition("%")[0])).is_loopback
+        loopback = unmapped(ipaddress.ip_address(address.partition("%")[0])).is_loopback
     except ValueError:
         return address
     if loopback and isinstance(ours, tuple):

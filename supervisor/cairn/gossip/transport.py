@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import struct
 from collections.abc import Callable
 
 from cairn.gossip.clock import Addr
 from cairn.gossip.membership import MAX_STREAM_BYTES, Membership
-from cairn.guard import ConnectionLimits
+from cairn.gossip.messages import MemberState
+from cairn.guard import ConnectionLimits, unmapped
 
 log = logging.getLogger(__name__)
 _FRAME = struct.Struct(">I")
 # Inbound push-pull streams open at once: a peer has one or two in flight; more is a flood.
+# Streams from live or suspect members' addresses are not held to the total: strangers
+# filling it must not cut the members off from each other.
 STREAMS_PER_PEER = 8
 STREAMS_TOTAL = 128
+# A stream's first frame must arrive within this (a fifth of the profile's tcp_timeout, for a
+# slower WAN), not the whole tcp_timeout: anyone may connect, and a stranger's stream holds a
+# slot only this long. The deadline starts after the handshake; a cluster's push-pull is tens of
+# KiB, a few round trips, and Linux resends a lost segment after 200 ms, then 400, 800: on a
+# lossy LAN three losses of one segment in a row still arrive within 1.4 s.
+FIRST_FRAME_S = 2.0
+_MEMBERS = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -109,21 +120,39 @@ class SocketTransport:
                 writer.close()
         done(reply)
 
+    def first_frame_s(self) -> float:
+        """How long an inbound stream may take to send its first frame."""
+        return min(self.tcp_timeout, max(FIRST_FRAME_S, self.tcp_timeout / 5))
+
+    def _from_member(self, client: str) -> bool:
+        """Whether `client` is the address of a live or suspect member."""
+        if self.member is None:
+            return False
+        try:
+            ip = str(unmapped(ipaddress.ip_address(client)))
+        except ValueError:
+            return False
+        hosts = {m.host for m in self.member.members.values() if m.state in _MEMBERS}
+        return ip in hosts or client in hosts
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) else ""
-        if not self.limits.admit(client):
+        if not self.limits.admit(client, capped=not self._from_member(client)):
             writer.transport.abort()  # the descriptor is free again at once
             return
+        started = asyncio.get_running_loop().time()
         try:
-            # One deadline for the whole exchange: a peer that trickles its frame is cut off.
-            async with asyncio.timeout(self.tcp_timeout):
+            # Deadlines for the first frame, then for the whole exchange: a stream that
+            # trickles its frame is cut off.
+            async with asyncio.timeout(self.first_frame_s()) as deadline:
                 try:
                     data = await _read_frame(reader)
                 except ValueError:
                     if self.member is not None:
                         self.member.stats.drop("oversized")
                     return
+                deadline.reschedule(started + self.tcp_timeout)
                 reply = self.member.handle_stream(data) if self.member is not None else None
                 if reply is not None:
                     writer.write(_FRAME.pack(len(reply)) + reply)
