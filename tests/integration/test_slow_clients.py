@@ -16,13 +16,17 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cairn.gossip.transport import FIRST_FRAME_S
+from cairn.gossip.transport import FIRST_FRAME_S, STREAMS_PER_PEER, STREAMS_TOTAL
 from cairn.guard import HEADER_TIMEOUT_S, PER_CLIENT
-from tests.conftest import Node, free_port
+from tests.conftest import Node, free_port, wait_for
+from tests.harness import netns
 from tests.harness.lan import Lan
 
 TOKEN = "slow-clients-test-token-0123456789"
-SLOW = Path(__file__).resolve().parent.parent / "harness" / "slow_clients.py"
+ROOT = Path(__file__).resolve().parent.parent.parent
+SLOW = ROOT / "tests" / "harness" / "slow_clients.py"
+SQUATTERS = ROOT / "tests" / "harness" / "squatters.py"
+REFUSED = "cairn_connections_refused_total"
 FDS = 1024  # the daemon's hard limit, as an unconfigured systemd service gets
 FLOOD = 1100  # more slow connections than FDS
 GOSSIP_TCP_TIMEOUT_S = 10.0  # profile "lan"
@@ -141,3 +145,53 @@ def test_slow_gossip_streams_cannot_starve_the_api(lan: Lan, daemon: Target) -> 
     assert refused >= FLOOD - len(held)
     new = daemon.log_lines()[before:]
     assert len(new) <= 3, "\n".join(new[:20])
+
+
+def test_strangers_filling_the_gossip_listener_cannot_cut_a_member_off(
+    lan: Lan, daemon: Target, tmp_path: Path
+) -> None:
+    ns, member_ip = lan.clients[0]
+    prefix = lan.host_ip.rpartition(".")[0]
+    # One more stranger than the total has room for: its streams are what the cap refuses.
+    strangers = [f"{prefix}.{100 + i}" for i in range(STREAMS_TOTAL // STREAMS_PER_PEER + 1)]
+    for address in strangers:
+        netns.ip("addr", "add", f"{address}/24", "dev", "eth0", netns=ns)
+    member_argv = [sys.executable, "-m", "tests.harness.gossip_member", "m", member_ip]
+    member_argv += [str(free_port()), str(tmp_path / "gossip.key"), "cairn"]
+    member_argv += [lan.host_ip, str(daemon.gossip)]
+    member = lan.popen(0, member_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+    assert member.stdin is not None and member.stdout is not None
+
+    def push_pull() -> int:
+        """Have the member push-pull with the daemon once: 1 when it went through."""
+        assert member.stdin is not None and member.stdout is not None
+        member.stdin.write("\n")
+        member.stdin.flush()
+        return int(json.loads(member.stdout.readline())["answered"])
+
+    try:
+        assert push_pull() == 1  # joined: the daemon now knows m at member_ip
+        wait_for(
+            lambda: any(
+                m["name"] == "m" and m["state"] == "alive"
+                for m in daemon.node.get("/status").json()["cluster"]
+            ),
+            10,
+            "the daemon to list m as alive",
+        )
+        argv = [sys.executable, str(SQUATTERS), lan.host_ip, str(daemon.gossip), "15"]
+        argv += [str(STREAMS_PER_PEER), HALF_FRAME.hex(), *strangers]
+        squat = lan.popen(0, argv, stdout=subprocess.PIPE)
+        assert squat.stdout is not None
+        assert json.loads(squat.stdout.readline())["event"] == "holding"
+        wait_for(
+            lambda: daemon.counter(REFUSED, listener="gossip", reason="total") > 0,
+            10,
+            "strangers to be refused over the total",
+        )
+        assert push_pull() == 1  # the member still gets through
+        assert push_pull() == 1
+        squat.communicate(timeout=30)
+    finally:
+        member.stdin.close()
+        member.wait(10)
