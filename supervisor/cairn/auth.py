@@ -111,7 +111,8 @@ def _unauthorized(request: web.Request, message: str) -> web.Response:
 def middleware(
     tokens: Callable[[], list[str]],
     peers: Callable[[], Keyring | None] = lambda: None,
-    node: str = "",
+    *,
+    node: str,
 ) -> Middleware:
     """Require a credential from the network; this machine is trusted, browsers are not.
 

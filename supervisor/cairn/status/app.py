@@ -112,7 +112,7 @@ def create_app(sup: Supervisor) -> web.Application:
     app = web.Application(
         middlewares=[
             errors_as_json,
-            auth.middleware(sup.accepted_tokens, sup.peer_keyring, sup.config.node.name),
+            auth.middleware(sup.accepted_tokens, sup.peer_keyring, node=sup.config.node.name),
         ]
     )
     app[SUPERVISOR] = sup
