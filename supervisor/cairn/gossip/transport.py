@@ -21,11 +21,12 @@ _FRAME = struct.Struct(">I")
 # filling it must not cut the members off from each other.
 STREAMS_PER_PEER = 8
 STREAMS_TOTAL = 128
-# A stream's first frame must arrive within this (a fifth of the profile's tcp_timeout, for a
-# slower WAN), not the whole tcp_timeout: anyone may connect, and a stranger's stream holds a
-# slot only this long. The deadline starts after the handshake; a cluster's push-pull is tens of
-# KiB, a few round trips, and Linux resends a lost segment after 200 ms, then 400, 800: on a
-# lossy LAN three losses of one segment in a row still arrive within 1.4 s.
+# A stranger's stream (from no member's address) must send its first frame within this, not
+# the whole tcp_timeout (a fifth of it where that is longer, for a WAN): anyone may connect, and
+# holds a slot only this long. A joiner's push-pull is a few KiB, and Linux resends a lost
+# segment after 200 ms, 400, 800: three losses in a row of one segment still arrive in 1.4 s.
+# After a lost SYN the first resend waits 3 s: at 20 % loss both ways, 1 to 4 of 20 such
+# push-pulls missed 2 s (measured; a joiner retries). Members' streams have all of tcp_timeout.
 FIRST_FRAME_S = 2.0
 _MEMBERS = (MemberState.ALIVE, MemberState.SUSPECT)
 
@@ -121,7 +122,7 @@ class SocketTransport:
         done(reply)
 
     def first_frame_s(self) -> float:
-        """How long an inbound stream may take to send its first frame."""
+        """How long a stranger's inbound stream may take to send its first frame."""
         return min(self.tcp_timeout, max(FIRST_FRAME_S, self.tcp_timeout / 5))
 
     def _from_member(self, client: str) -> bool:
@@ -138,14 +139,16 @@ class SocketTransport:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) else ""
-        if not self.limits.admit(client, capped=not self._from_member(client)):
+        member = self._from_member(client)
+        if not self.limits.admit(client, capped=not member):
             writer.transport.abort()  # the descriptor is free again at once
             return
         started = asyncio.get_running_loop().time()
         try:
-            # Deadlines for the first frame, then for the whole exchange: a stream that
-            # trickles its frame is cut off.
-            async with asyncio.timeout(self.first_frame_s()) as deadline:
+            # Deadlines for a stranger's first frame, then for the whole exchange: a stream
+            # that trickles its frame is cut off.
+            first = self.tcp_timeout if member else self.first_frame_s()
+            async with asyncio.timeout(first) as deadline:
                 try:
                     data = await _read_frame(reader)
                 except ValueError:
