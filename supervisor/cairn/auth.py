@@ -120,10 +120,9 @@ def middleware(
     (local tools, and OpenAI clients that always send some key). Everyone else sends
     `Authorization: Bearer <token>`, or is a peer passing on a /v1 request, signed for that
     one request (and for this `node`) with a key derived from the gossip key. `tokens` and
-    `peers` are read per
-    request, so a rotated token or key counts at once. On TCP, a request from a browser on
-    another site (a foreign Origin) is refused, and so is a state-changing request that is
-    not JSON (a browser can send text/plain cross-site without asking first).
+    `peers` are read per request, so a rotated token or key counts at once. On TCP, a request
+    from a browser on another site (a foreign Origin) is refused, and so is a state-changing
+    request that is not JSON (a browser can send text/plain cross-site without asking first).
     """
     seen = ReplayGuard()  # signed nonces inside the window: a captured hop is good once
 
