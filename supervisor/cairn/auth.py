@@ -7,7 +7,6 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import psutil
 from aiohttp import hdrs, web
@@ -15,19 +14,21 @@ from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
 
 from cairn.errors import ConfigError
+from cairn.files import read_small
 from cairn.gossip.keyring import PEER_SCHEME, Dropped, Keyring, ReplayGuard
 from cairn.inference import openai
 from cairn.inference.front import FORWARDED_BY
 
 OPEN_PATHS = frozenset({"/livez", "/readyz"})  # probes from load balancers and systemd
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+TOKEN_FILE_MAX = 4096  # a token is a line; the file need not be much more
 
 
 def read_token(path: str) -> str:
     """The token in a file (surrounding whitespace dropped); refused when empty or unreadable."""
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as err:
+    try:  # a link is fine (systemd credentials, secret managers); a FIFO or a device is not
+        token = read_small(path, TOKEN_FILE_MAX).decode("utf-8").strip()
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8, not a small regular file
         raise ConfigError("api.token_file", f"cannot read {path}: {err}") from None
     if len(token) < 16:
         raise ConfigError("api.token_file", f"{path}: the token must be at least 16 characters")
@@ -74,11 +75,18 @@ def _local_host(request: web.Request) -> bool:
 
 def _same_origin(origin: str, host: str | None) -> bool:
     """Whether a browser's Origin is this very site (scheme http, same host and port)."""
-    try:
-        o, h = URL(origin), URL(f"http://{host}")
-    except ValueError:
+    if host is None:
         return False
-    return o.scheme == "http" and host is not None and (o.host, o.port) == (h.host, h.port)
+    try:  # yarl decodes IDNA only when .host is read: 'http://xn--' fails there
+        o, h = URL(origin), URL(f"http://{host}")
+        return o.scheme == "http" and (o.host, o.port) == (h.host, h.port)
+    except ValueError:  # UnicodeError included
+        return False
+
+
+def _shown(value: str) -> str:
+    """A client's header value fit to quote back: ASCII only (undecodable bytes escaped), short."""
+    return value[:100].encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _refuse(
@@ -101,17 +109,20 @@ def _unauthorized(request: web.Request, message: str) -> web.Response:
 
 
 def middleware(
-    tokens: Callable[[], list[str]], peers: Callable[[], Keyring | None] = lambda: None
+    tokens: Callable[[], list[str]],
+    peers: Callable[[], Keyring | None] = lambda: None,
+    *,
+    node: str,
 ) -> Middleware:
     """Require a credential from the network; this machine is trusted, browsers are not.
 
     Loopback clients whose Host names this machine are let through with or without a token
     (local tools, and OpenAI clients that always send some key). Everyone else sends
     `Authorization: Bearer <token>`, or is a peer passing on a /v1 request, signed for that
-    one request with a key derived from the gossip key. `tokens` and `peers` are read per
-    request, so a rotated token or key counts at once. On TCP, a request from a browser on
-    another site (a foreign Origin) is refused, and so is a state-changing request that is
-    not JSON (a browser can send text/plain cross-site without asking first).
+    one request (and for this `node`) with a key derived from the gossip key. `tokens` and
+    `peers` are read per request, so a rotated token or key counts at once. On TCP, a request
+    from a browser on another site (a foreign Origin) is refused, and so is a state-changing
+    request that is not JSON (a browser can send text/plain cross-site without asking first).
     """
     seen = ReplayGuard()  # signed nonces inside the window: a captured hop is good once
 
@@ -122,7 +133,9 @@ def middleware(
         tcp = _tcp(request)
         origin = request.headers.get(hdrs.ORIGIN)
         if tcp and origin is not None and not _same_origin(origin, request.headers.get(hdrs.HOST)):
-            return _refuse(request, 403, f"cross-site request from {origin} refused", "forbidden")
+            return _refuse(
+                request, 403, f"cross-site request from {_shown(origin)} refused", "forbidden"
+            )
         if (
             tcp
             and request.method not in SAFE_METHODS
@@ -133,7 +146,7 @@ def middleware(
                 request,
                 415,
                 f"{request.method} needs 'Content-Type: application/json',"
-                f" not '{request.headers.get(hdrs.CONTENT_TYPE, '')}'",
+                f" not '{_shown(request.headers.get(hdrs.CONTENT_TYPE, ''))}'",
                 "unsupported_media_type",
             )
         if loopback(request) and (not tcp or _local_host(request)):
@@ -142,7 +155,7 @@ def middleware(
         scheme, _, given = (header or "").partition(" ")
         given = given.strip()
         if scheme.lower() == PEER_SCHEME.lower():
-            why = _peer_refusal(request, given, peers(), seen)
+            why = _peer_refusal(request, given, peers(), node, seen)
             if why is None:
                 return await handler(request)
             return _unauthorized(request, f"peer signature refused: {why}")
@@ -160,7 +173,7 @@ def middleware(
 
 
 def _peer_refusal(
-    request: web.Request, credentials: str, keyring: Keyring | None, seen: ReplayGuard
+    request: web.Request, credentials: str, keyring: Keyring | None, node: str, seen: ReplayGuard
 ) -> str | None:
     """Why a peer's signed hop is refused, or None: only a forwarded POST under /v1/ counts."""
     sender = request.headers.get(FORWARDED_BY)
@@ -170,7 +183,7 @@ def _peer_refusal(
         return f"good only for a forwarded POST /v1/... (with {FORWARDED_BY})"
     try:
         keyring.check_request(
-            credentials, request.method, request.path_qs, sender, time.time(), seen
+            credentials, request.method, request.path_qs, sender, node, time.time(), seen
         )
     except Dropped as err:
         return err.reason

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
 import resource
+import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TypeAlias
 
 from aiohttp import web
 
@@ -18,7 +22,8 @@ log = logging.getLogger(__name__)
 HEADER_TIMEOUT_S = 10.0
 # ...and its body within this of the headers (the front reads bodies under this deadline).
 BODY_TIMEOUT_S = 30.0
-PER_CLIENT = 64  # open connections from one address; a peer forwards far fewer than this
+PER_CLIENT = 64  # open connections from one address (one user, on loopback); a peer forwards fewer
+PROC_NET = Path("/proc/net")  # this network namespace's socket tables
 FD_RESERVE = 256  # descriptors kept for everything else: workers' sockets, /proc, logs, gossip
 LOG_EVERY_S = 60.0  # a repeated warning is written at most this often
 FLOOD = "flood"  # a record's `extra` key: what counts as "the same" for RepeatFilter
@@ -53,11 +58,14 @@ class ConnectionLimits:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return cls("api", PER_CLIENT, max(PER_CLIENT, soft - FD_RESERVE))
 
-    def admit(self, client: str) -> bool:
-        """Count a new connection from `client`, or refuse it (counted, and logged quietly)."""
+    def admit(self, client: str, capped: bool = True) -> bool:
+        """Count a new connection from `client`, or refuse it (counted, and logged quietly).
+
+        `capped=False`: a client known to be good, held only to its own cap, not the total.
+        """
         if self.open[client] >= self.per_client:
             reason = "per_client"
-        elif self.open_total >= self.total:
+        elif capped and self.open_total >= self.total:
             reason = "total"
         else:
             self.open[client] += 1
@@ -81,6 +89,70 @@ class ConnectionLimits:
             del self.open[client]
 
 
+_IP: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def unmapped(ip: _IP) -> _IP:
+    """An IPv4-mapped IPv6 address as the IPv4 address it is; any other unchanged."""
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
+def _proc_hex(ip: _IP, port: int) -> str:
+    """An endpoint as /proc/net/tcp{,6} print it: the address as 32-bit words in host order."""
+    words = struct.unpack(f"={len(ip.packed) // 4}I", ip.packed)
+    return "".join(f"{w:08X}" for w in words) + f":{port:04X}"
+
+
+def socket_owner(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+    """The uid owning this machine's TCP socket from `local` to `remote` (identd, for loopback).
+
+    Read from the socket tables of our network namespace; None when no such socket is there,
+    or its owner has closed it already. An IPv4 client may hold an IPv4 socket or an IPv6 one
+    connected to a mapped address, whichever way our listener sees it: both are looked for.
+    """
+    ends = [unmapped(ipaddress.ip_address(a.partition("%")[0])) for a in (local[0], remote[0])]
+    wanted: list[tuple[str, _IP, _IP]] = []
+    if all(isinstance(ip, ipaddress.IPv4Address) for ip in ends):
+        wanted.append(("tcp", ends[0], ends[1]))
+        mapped = [ipaddress.IPv6Address(f"::ffff:{ip}") for ip in ends]
+        wanted.append(("tcp6", mapped[0], mapped[1]))
+    else:
+        wanted.append(("tcp6", ends[0], ends[1]))
+    for table, client, server in wanted:
+        pair = f" {_proc_hex(client, local[1])} {_proc_hex(server, remote[1])} "
+        try:
+            text = (PROC_NET / table).read_text()
+        except OSError:  # no IPv6 in this kernel, or no /proc
+            continue
+        at = text.find(pair)
+        if at >= 0:
+            # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+            fields = text[text.rfind("\n", 0, at) + 1 : text.find("\n", at)].split()
+            # Inode 0: closed by its owner, the kernel's now; it shows uid 0, as if root's.
+            return int(fields[7]) if fields[9] != "0" else None
+    return None
+
+
+def client_key(peer: object, ours: object) -> str:
+    """Who a connection counts against: its address; on loopback, the local user behind it.
+
+    All local users share 127.0.0.1: keyed by address, one of them could hold every slot and
+    lock the others (operators' tools included) out.
+    """
+    if not isinstance(peer, tuple):
+        return ""
+    address = str(peer[0])
+    try:
+        loopback = unmapped(ipaddress.ip_address(address.partition("%")[0])).is_loopback
+    except ValueError:
+        return address
+    if loopback and isinstance(ours, tuple):
+        uid = socket_owner((address, int(peer[1])), (str(ours[0]), int(ours[1])))
+        if uid is not None:
+            return f"{address} uid {uid}"
+    return address
+
+
 class _Guarded(asyncio.Protocol):
     """Admits a connection under the caps, then hands it to aiohttp's handler unchanged."""
 
@@ -92,8 +164,9 @@ class _Guarded(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)  # a stream server's
-        peer = transport.get_extra_info("peername")
-        self._client = str(peer[0]) if isinstance(peer, tuple) else ""
+        self._client = client_key(
+            transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        )
         if not self._limits.admit(self._client):
             transport.abort()  # the descriptor is free again at once
             return
@@ -181,8 +254,9 @@ class RepeatFilter(logging.Filter):
 
 
 # Loggers that can be flooded by clients: asyncio's accept() errors, aiohttp's per-connection
-# errors, and our own refusals.
-QUIET_LOGGERS = ("asyncio", "aiohttp.server", "aiohttp.web", __name__)
+# errors, the status app's unhandled-error traces (one per request, should a request still
+# find a way to a 500), and our own refusals.
+QUIET_LOGGERS = ("asyncio", "aiohttp.server", "aiohttp.web", "cairn.status.app", __name__)
 
 
 def quiet_floods() -> None:

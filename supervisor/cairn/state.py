@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
 from cairn.errors import StateError
+from cairn.files import NotASmallFile, read_small
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +146,10 @@ class StateFile:
         The root helper reads this file from a directory the `cairn` user owns: a link (to
         /etc/shadow, say), a FIFO (which would block it) or a huge file is refused, not read.
         """
-        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise Damaged(f"the state file {self.path} is not a regular file")
-            if st.st_size > MAX_BYTES:
-                raise Damaged(f"the state file {self.path} is over {MAX_BYTES} bytes")
-            return f.read(MAX_BYTES + 1)
+        try:
+            return read_small(self.path, MAX_BYTES, follow_links=False)
+        except NotASmallFile as err:
+            raise Damaged(f"the state file {err}") from None
 
     def load(self) -> State:
         """The saved state; a fresh one if there is none, or it is damaged (then kept aside)."""

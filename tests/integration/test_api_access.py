@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -72,3 +75,69 @@ def test_the_openai_sdk_on_loopback_works_with_any_key(start_node: Callable[...,
         assert err.code == "model_not_found"
     else:
         raise AssertionError("a model that does not exist answered")
+
+
+def _raw(node: Node, request: bytes) -> tuple[int, Any]:
+    """Send `request` as bytes on a fresh connection (no client library escapes anything)."""
+    host, _, port = node.url.removeprefix("http://").rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_undecodable_origin_and_content_type_are_refused_not_500(
+    start_node: Callable[..., Node],
+) -> None:
+    node = start_node()
+    host = node.url.removeprefix("http://").encode()
+    post = b"POST /v1/completions HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n"
+    get = b"GET /status HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n"
+    body = b'{"model": "nope", "prompt": "x"}'
+    length = b"Content-Length: %d\r\n\r\n" % len(body)
+    for origin in (b"http://xn--", b"http://\xff", b"http://xn--\xff.example"):
+        code, doc = _raw(node, get + b"Origin: " + origin + b"\r\n\r\n")
+        assert code == 403 and doc["error"]["status"] == 403, (origin, doc)
+        json_post = post + b"Content-Type: application/json\r\nOrigin: " + origin + b"\r\n"
+        code, doc = _raw(node, json_post + length + body)
+        assert (code, doc["error"]["code"]) == (403, "forbidden"), (origin, doc)
+        assert doc["error"]["message"].isascii()
+    code, doc = _raw(node, post + b"Content-Type: text/\xff\r\n" + length + body)
+    assert (code, doc["error"]["code"]) == (415, "unsupported_media_type"), doc
+    assert "'text/\\udcff'" in doc["error"]["message"]  # the byte shown escaped, never raw
+    assert "Traceback" not in node.log()
+
+
+# As user nobody: open 64 kept-alive connections to the port in argv, then a 65th; say how the
+# 65th fared and hold the rest until stdin closes.
+_FLOOD = (
+    "import os, socket, sys\n"
+    "os.setgid(65534); os.setgroups([]); os.setuid(65534)\n"
+    "held = []\n"
+    "for _ in range(64):\n"
+    "    s = socket.socket(); s.connect(('127.0.0.1', int(sys.argv[1])))\n"
+    "    s.sendall(b'GET /livez HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n')\n"
+    "    assert s.recv(65536).startswith(b'HTTP/1.1 200'); held.append(s)\n"
+    "extra = socket.socket(); extra.connect(('127.0.0.1', int(sys.argv[1]))); extra.settimeout(5)\n"
+    "try: print('65th:', extra.recv(1) or 'closed', flush=True)\n"
+    "except OSError as e: print('65th:', type(e).__name__, flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def test_one_local_user_holding_its_64_connections_locks_no_other_out(
+    start_node: Callable[..., Node],
+) -> None:
+    node = start_node()
+    port = node.url.rpartition(":")[2]
+    argv = [sys.executable, "-c", _FLOOD, port]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as flood:
+        assert flood.stdout is not None and flood.stdin is not None
+        assert flood.stdout.readline().strip() in ("65th: closed", "65th: ConnectionResetError")
+        assert node.get("/status").status == 200  # root, another local user: its own 64
+        metrics = node.get("/metrics").body.decode()
+        assert 'cairn_connections_refused_total{listener="api",reason="per_client"} 1.0' in metrics
+        flood.stdin.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -137,3 +138,32 @@ def test_config_check_reads_good_secrets_and_notes_absent_ones(tmp_path: Path) -
     (tmp_path / "token").write_text("t" * 32 + "\n")
     present = cairn("config", "check", str(f))
     assert (present.returncode, present.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("key", ["api.token_file", "gossip.key_file"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "link to /dev/zero"])
+def test_a_key_or_token_file_that_is_no_regular_file_exits_2(
+    tmp_path: Path, key: str, kind: str
+) -> None:
+    port = free_port()
+    f = secret_config(tmp_path, port)
+    (tmp_path / "key.b64").write_text(KEY + "\n")
+    (tmp_path / "token").write_text("t" * 32 + "\n")
+    secret = tmp_path / ("key.b64" if key == "gossip.key_file" else "token")
+    secret.unlink()
+    if kind == "fifo":  # nobody writes: a blocking open would wait for ever
+        os.mkfifo(secret)
+    elif kind == "/dev/zero":  # endless: a plain read fills memory
+        settings = json.loads(f.read_text())
+        section, _, name = key.partition(".")
+        settings[section][name] = "/dev/zero"
+        f.write_text(json.dumps(settings))
+        secret = Path("/dev/zero")
+    else:
+        secret.symlink_to("/dev/zero")
+    for args in (("config", "check", str(f)), ("run", "--config", str(f))):
+        # A short timeout: a regression hangs, and must fail rather than stall the suite.
+        res = subprocess.run([CAIRN_BIN, *args], capture_output=True, text=True, timeout=15)
+        assert res.returncode == 2, res.stderr
+        assert f"config error at {key}: " in res.stderr
+        assert f"{secret} is not a regular file" in res.stderr

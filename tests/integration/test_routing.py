@@ -213,8 +213,10 @@ def _send(node: Node, path: str, headers: dict[str, str], method: str = "POST") 
         return err.code
 
 
-def _signed(ring: Keyring, path: str, sender: str = "a", at: float | None = None) -> str:
-    return ring.sign_request("POST", path, sender, time.time() if at is None else at)
+def _signed(
+    ring: Keyring, path: str, sender: str = "a", at: float | None = None, to: str = "b"
+) -> str:
+    return ring.sign_request("POST", path, sender, to, time.time() if at is None else at)
 
 
 def test_a_hop_between_nodes_on_the_network_is_signed_and_served(
@@ -243,6 +245,8 @@ def test_a_captured_peer_signature_opens_one_request_once(
     assert _send(b, "/v1/completions", fresh) == 401  # signed for another path
     assert _send(b, CHAT_PATH, {"Authorization": fresh["Authorization"]}) == 401  # no hop header
     assert _send(b, CHAT_PATH, {**fresh, FORWARDED_BY: "mallory"}) == 401  # another sender
+    for_c = {"Authorization": _signed(ring, CHAT_PATH, to="c"), FORWARDED_BY: "a"}
+    assert _send(b, CHAT_PATH, for_c) == 401  # sniffed on its way to another node
     stale = {"Authorization": _signed(ring, CHAT_PATH, at=time.time() - 60), FORWARDED_BY: "a"}
     assert _send(b, CHAT_PATH, stale) == 401
     assert _send(b, CHAT_PATH, fresh) == 200  # untouched, it still works once

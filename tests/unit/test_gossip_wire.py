@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cairn.gossip import keyring, summary
 from cairn.gossip import messages as wire
-from cairn.gossip import summary
 from cairn.gossip.keyring import Dropped, Keyring, KeyringError, ReplayGuard
 from cairn.gossip.membership import Membership
 from cairn.gossip.sim import SIM_KEY, SimNetwork
@@ -50,34 +50,75 @@ def test_rotation_every_installed_key_opens_only_the_primary_seals() -> None:
 CHAT = "/v1/chat/completions"
 
 
-def _check(ring: Keyring, header: str, seen: ReplayGuard, path: str = CHAT, at: float = 100.0):
-    ring.check_request(header.partition(" ")[2], "POST", path, "a", at, seen)
+def _check(
+    ring: Keyring,
+    header: str,
+    seen: ReplayGuard,
+    path: str = CHAT,
+    at: float = 100.0,
+    to: str = "b",
+) -> None:
+    ring.check_request(header.partition(" ")[2], "POST", path, "a", to, at, seen)
 
 
 def test_a_signed_hop_is_good_once_for_its_request_within_the_window() -> None:
     ring, seen = Keyring([OLD], "c"), ReplayGuard()
-    header = ring.sign_request("POST", CHAT, "a", 100.0)
+    header = ring.sign_request("POST", CHAT, "a", "b", 100.0)
     assert header.startswith("Cairn-Peer t=100.000,n=")
     _check(ring, header, seen)
     with pytest.raises(Dropped, match="replayed"):
         _check(ring, header, seen)
-    fresh = ring.sign_request("POST", CHAT, "a", 100.0)
+    fresh = ring.sign_request("POST", CHAT, "a", "b", 100.0)
     with pytest.raises(Dropped, match="bad signature"):
         _check(ring, fresh, seen, path="/v1/embeddings")
     with pytest.raises(Dropped, match="bad signature"):
-        ring.check_request(fresh.partition(" ")[2], "POST", CHAT, "mallory", 100.0, seen)
+        ring.check_request(fresh.partition(" ")[2], "POST", CHAT, "mallory", "b", 100.0, seen)
     with pytest.raises(Dropped, match="replay_window"):
         _check(ring, fresh, seen, at=131.0)
     for junk in ("", "t=x,n=1,s=2", "t=nan,n=1,s=2", "t=1,n=,s=2", "t=1,n=1,s=\u00e9"):
         with pytest.raises(Dropped, match="malformed"):
-            ring.check_request(junk, "POST", CHAT, "a", 1.0, seen)
+            ring.check_request(junk, "POST", CHAT, "a", "b", 1.0, seen)
+
+
+def test_a_hop_signed_for_one_node_opens_no_other() -> None:
+    ring, seen = Keyring([OLD], "c"), ReplayGuard()
+    header = ring.sign_request("POST", CHAT, "a", "b", 100.0)
+    with pytest.raises(Dropped, match="bad signature"):
+        _check(ring, header, ReplayGuard(), to="c")  # sniffed on its way to b, replayed to c
+    _check(ring, header, seen, to="b")
+
+
+def _sign_with(ring: Keyring, nonce: str) -> str:
+    """A valid signature over a hand-made nonce (what a key holder's own client could send)."""
+    return keyring._sign(ring._request_keys[0], "POST", CHAT, "a", "b", "1.000", nonce)
+
+
+def test_a_peer_nonce_is_exactly_as_long_as_the_signer_makes_it() -> None:
+    ring, seen = Keyring([OLD], "c"), ReplayGuard()
+    fields = dict(
+        f.split("=", 1)
+        for f in ring.sign_request("POST", CHAT, "a", "b", 1.0).split(" ")[1].split(",")
+    )
+    assert len(fields["n"]) == 24
+    for nonce in ("A" * 23, "A" * 25, "A" * 4000, "\u00e9" * 24):
+        # Signed with the right key: the length alone refuses it, before it takes cache room.
+        sig = _sign_with(ring, nonce)
+        with pytest.raises(Dropped, match="malformed"):
+            ring.check_request(f"t=1.000,n={nonce},s={sig}", "POST", CHAT, "a", "b", 1.0, seen)
+    assert not seen._seen
 
 
 def test_a_hop_signed_with_any_installed_key_is_accepted() -> None:
     seen = ReplayGuard()
-    _check(Keyring([NEW, OLD], "c"), Keyring([OLD], "c").sign_request("POST", CHAT, "a", 100), seen)
+    _check(
+        Keyring([NEW, OLD], "c"),
+        Keyring([OLD], "c").sign_request("POST", CHAT, "a", "b", 100),
+        seen,
+    )
     with pytest.raises(Dropped, match="bad signature"):
-        _check(Keyring([NEW], "c"), Keyring([OLD], "c").sign_request("POST", CHAT, "a", 100), seen)
+        _check(
+            Keyring([NEW], "c"), Keyring([OLD], "c").sign_request("POST", CHAT, "a", "b", 100), seen
+        )
 
 
 def test_key_file_primary_first_comments_skipped(tmp_path: Path) -> None:
@@ -118,6 +159,16 @@ def test_replay_guard_refuses_repeats_and_old_packets() -> None:
     with pytest.raises(Dropped, match="replay_window"):
         guard.check(b"c" * 12, float("nan"), 102.0)
     guard.check(b"a" * 12, 140.0, 140.0)  # forgotten once outside the window: harmless now
+
+
+def test_a_nonce_sent_ahead_of_our_clock_is_kept_until_it_leaves_the_window() -> None:
+    guard = ReplayGuard(window=30)
+    guard.check(b"a" * 12, 125.0, 100.0)  # the sender's clock runs 25 s ahead
+    guard.check(b"b" * 12, 130.0, 131.0)  # another packet, later: eviction runs
+    with pytest.raises(Dropped, match="replayed"):
+        guard.check(b"a" * 12, 125.0, 131.0)  # still inside the window of its send time
+    with pytest.raises(Dropped, match="replay_window"):
+        guard.check(b"a" * 12, 125.0, 155.5)  # outside it: the window refuses it now
 
 
 # --- the node's receive path ----------------------------------------------------------------

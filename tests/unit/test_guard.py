@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -113,3 +116,63 @@ def test_a_repeated_line_is_written_once_a_minute_with_the_count_held_back() -> 
     rec = _record(accept % 100)
     assert f.filter(rec)
     assert rec.getMessage().endswith("[99 more like this in 61 s]")
+
+
+def test_the_status_apps_error_traces_are_rate_limited_too() -> None:
+    from cairn.status import app as status_app  # the logger its 500s write their traces to
+
+    guard.quiet_floods()
+    assert any(isinstance(f, RepeatFilter) for f in status_app.log.filters)
+
+
+# A client in a child process, as user nobody: family, address, port in argv; it prints its port.
+NOBODY = 65534
+_HOLD = (
+    "import os, socket, sys\n"
+    "os.setgid(65534); os.setgroups([]); os.setuid(65534)\n"
+    "s = socket.socket(int(sys.argv[1])); s.connect((sys.argv[2], int(sys.argv[3])))\n"
+    "print(s.getsockname()[1], flush=True); sys.stdin.read()\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("listen", "client"),
+    [
+        (("127.0.0.1", socket.AF_INET), (socket.AF_INET, "127.0.0.1")),
+        (("::1", socket.AF_INET6), (socket.AF_INET6, "::1")),
+        # A dual-stack listener sees an IPv4 client as ::ffff:127.0.0.1, whichever family the
+        # client's own socket is of.
+        (("::", socket.AF_INET6), (socket.AF_INET, "127.0.0.1")),
+        (("::", socket.AF_INET6), (socket.AF_INET6, "::ffff:127.0.0.1")),
+    ],
+)
+def test_a_loopback_client_is_known_by_the_user_that_owns_its_socket(
+    listen: tuple[str, int], client: tuple[int, str]
+) -> None:
+    with socket.socket(listen[1]) as server:
+        server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0) if listen[0] == "::" else None
+        server.bind((listen[0], 0))
+        server.listen()
+        port = server.getsockname()[1]
+        argv = [sys.executable, "-c", _HOLD, str(int(client[0])), client[1], str(port)]
+        with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
+            assert child.stdout is not None and child.stdin is not None
+            their_port = int(child.stdout.readline())
+            conn, peer = server.accept()
+            with conn:
+                assert peer[1] == their_port
+                ours = conn.getsockname()
+                assert guard.socket_owner(peer[:2], ours[:2]) == NOBODY
+                assert guard.client_key(peer, ours) == f"{peer[0]} uid {NOBODY}"
+                mine = socket.create_connection((client[1], port))
+                with mine, server.accept()[0] as conn2:
+                    assert guard.client_key(conn2.getpeername(), ours) == f"{peer[0]} uid 0"
+                child.stdin.close()
+                child.wait(10)
+                # Closed by its owner (the kernel holds it now, as uid 0): keyed by address.
+                assert guard.client_key(peer, ours) == peer[0]
+
+
+def test_a_client_off_loopback_is_keyed_by_its_address() -> None:
+    assert guard.client_key(("192.0.2.7", 40000), ("192.0.2.1", 8470)) == "192.0.2.7"
+    assert guard.client_key(None, None) == ""

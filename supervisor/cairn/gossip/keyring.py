@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cairn.errors import ConfigError
+from cairn.files import read_small
 
 VERSION = 1
 NONCE_BYTES = 12
@@ -25,8 +26,11 @@ TAG_BYTES = 16
 OVERHEAD = 1 + NONCE_BYTES + 8 + TAG_BYTES  # version, nonce, sent-at timestamp, tag
 REPLAY_WINDOW_S = 30.0  # packets sent longer ago (or this far in the future) are refused
 REPLAY_CACHE_MAX = 200_000  # nonces remembered inside the window; far above any real rate
+KEY_FILE_MAX = 64 << 10  # a few keys and comments; a larger file is not a key file
 _STAMP = struct.Struct(">d")
 PEER_SCHEME = "Cairn-Peer"  # Authorization: Cairn-Peer t=<sent at>,n=<nonce>,s=<signature>
+PEER_NONCE_BYTES = 16
+PEER_NONCE_CHARS = len(base64.urlsafe_b64encode(bytes(PEER_NONCE_BYTES)))  # what the signer sends
 
 
 class KeyringError(ConfigError):
@@ -63,9 +67,9 @@ class Keyring:
     def from_file(cls, path: str | Path, cluster: str) -> Keyring:
         """One base64 key per line, primary first; blank lines and '#' comments are skipped."""
         p = Path(path)
-        try:
-            text = p.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as err:
+        try:  # a link is fine (systemd credentials, secret managers); a FIFO or a device is not
+            text = read_small(p, KEY_FILE_MAX).decode("ascii")
+        except (OSError, ValueError) as err:  # ValueError: not ASCII, not a small regular file
             raise KeyringError(f"{p}: cannot read the key file: {err}") from None
         keys = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -103,16 +107,27 @@ class Keyring:
             return nonce, sent, plain[_STAMP.size :]
         raise Dropped("decrypt")
 
-    def sign_request(self, method: str, path: str, sender: str, wall: float) -> str:
-        """The Authorization value of one forwarded request: bound to it, good once, briefly."""
-        stamp, nonce = f"{wall:.3f}", base64.urlsafe_b64encode(os.urandom(16)).decode()
-        sig = _sign(self._request_keys[0], method, path, sender, stamp, nonce)
+    def sign_request(self, method: str, path: str, sender: str, receiver: str, wall: float) -> str:
+        """The Authorization value of one forwarded request, to `receiver`: good once, briefly."""
+        stamp = f"{wall:.3f}"
+        nonce = base64.urlsafe_b64encode(os.urandom(PEER_NONCE_BYTES)).decode()
+        sig = _sign(self._request_keys[0], method, path, sender, receiver, stamp, nonce)
         return f"{PEER_SCHEME} t={stamp},n={nonce},s={sig}"
 
     def check_request(
-        self, credentials: str, method: str, path: str, sender: str, wall: float, seen: ReplayGuard
+        self,
+        credentials: str,
+        method: str,
+        path: str,
+        sender: str,
+        receiver: str,
+        wall: float,
+        seen: ReplayGuard,
     ) -> None:
-        """Accept a forwarded request's signature (any installed key) or raise Dropped(why)."""
+        """Accept a forwarded request's signature (any installed key) or raise Dropped(why).
+
+        `receiver` is this node's own name: a hop signed for another node does not open it.
+        """
         fields = {}
         for field in credentials.split(","):
             name, _, value = field.strip().partition("=")
@@ -122,10 +137,17 @@ class Keyring:
             sent = float(stamp)
         except ValueError:
             raise Dropped("malformed") from None
-        if not (nonce and sig and sig.isascii() and math.isfinite(sent)):
+        # The nonce is exactly what the signer makes: a longer one would take room in the cache.
+        if not (
+            len(nonce) == PEER_NONCE_CHARS
+            and nonce.isascii()
+            and sig
+            and sig.isascii()
+            and math.isfinite(sent)
+        ):
             raise Dropped("malformed")
         if not any(
-            hmac.compare_digest(sig, _sign(k, method, path, sender, stamp, nonce))
+            hmac.compare_digest(sig, _sign(k, method, path, sender, receiver, stamp, nonce))
             for k in self._request_keys
         ):
             raise Dropped("bad signature")
@@ -136,14 +158,21 @@ def _derive(key: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
 
 
-def _sign(key: bytes, method: str, path: str, sender: str, stamp: str, nonce: str) -> str:
+def _sign(
+    key: bytes, method: str, path: str, sender: str, receiver: str, stamp: str, nonce: str
+) -> str:
     # Header values may carry undecodable bytes (aiohttp keeps them as surrogates).
-    msg = "\n".join((method, path, sender, stamp, nonce)).encode(errors="surrogateescape")
+    fields = (method, path, sender, receiver, stamp, nonce)
+    msg = "\n".join(fields).encode(errors="surrogateescape")
     return base64.urlsafe_b64encode(hmac.digest(key, msg, hashlib.sha256)).decode().rstrip("=")
 
 
 class ReplayGuard:
-    """Refuses a packet sent outside the window, or whose nonce was seen inside it."""
+    """Refuses a packet sent outside the window, or whose nonce was seen inside it.
+
+    A nonce is kept until the packet leaves the window (sent + window), or until window after
+    it was received if that is later: a sender whose clock runs ahead gets no second use.
+    """
 
     def __init__(self, window: float = REPLAY_WINDOW_S) -> None:
         self.window = window
@@ -153,11 +182,11 @@ class ReplayGuard:
         """Remember the nonce, or raise Dropped('replay_window' or 'replayed')."""
         if not abs(wall - sent) <= self.window:  # also refuses NaN
             raise Dropped("replay_window")
+        # Oldest first: an entry kept longer than those behind it only delays their eviction.
         while self._seen and (
-            next(iter(self._seen.values())) < wall - self.window
-            or len(self._seen) >= REPLAY_CACHE_MAX
+            next(iter(self._seen.values())) < wall or len(self._seen) >= REPLAY_CACHE_MAX
         ):
             self._seen.popitem(last=False)
         if nonce in self._seen:
             raise Dropped("replayed")
-        self._seen[nonce] = wall
+        self._seen[nonce] = max(sent, wall) + self.window  # until then a replay is in the window

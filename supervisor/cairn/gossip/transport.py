@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import struct
 from collections.abc import Callable
 
 from cairn.gossip.clock import Addr
 from cairn.gossip.membership import MAX_STREAM_BYTES, Membership
-from cairn.guard import ConnectionLimits
+from cairn.gossip.messages import MemberState
+from cairn.guard import ConnectionLimits, unmapped
 
 log = logging.getLogger(__name__)
 _FRAME = struct.Struct(">I")
 # Inbound push-pull streams open at once: a peer has one or two in flight; more is a flood.
+# Streams from live or suspect members' addresses are not held to the total: strangers
+# filling it must not cut the members off from each other.
 STREAMS_PER_PEER = 8
 STREAMS_TOTAL = 128
+# A stranger's stream (from no member's address) must send its first frame within this, not
+# the whole tcp_timeout (a fifth of it where that is longer, for a WAN): anyone may connect, and
+# holds a slot only this long. A joiner's push-pull is a few KiB, and Linux resends a lost
+# segment after 200 ms, 400, 800: three losses in a row of one segment still arrive in 1.4 s.
+# After a lost SYN the first resend waits 3 s: at 20 % loss both ways, 1 to 4 of 20 such
+# push-pulls missed 2 s (measured; a joiner retries). Members' streams have all of tcp_timeout.
+FIRST_FRAME_S = 2.0
+_MEMBERS = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -107,21 +119,41 @@ class SocketTransport:
                 writer.close()
         done(reply)
 
+    def first_frame_s(self) -> float:
+        """How long a stranger's inbound stream may take to send its first frame."""
+        return min(self.tcp_timeout, max(FIRST_FRAME_S, self.tcp_timeout / 5))
+
+    def _from_member(self, client: str) -> bool:
+        """Whether `client` is the address of a live or suspect member."""
+        if self.member is None:
+            return False
+        try:
+            ip = str(unmapped(ipaddress.ip_address(client)))
+        except ValueError:
+            return False
+        hosts = {m.host for m in self.member.members.values() if m.state in _MEMBERS}
+        return ip in hosts or client in hosts
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) else ""
-        if not self.limits.admit(client):
+        member = self._from_member(client)
+        if not self.limits.admit(client, capped=not member):
             writer.transport.abort()  # the descriptor is free again at once
             return
+        started = asyncio.get_running_loop().time()
         try:
-            # One deadline for the whole exchange: a peer that trickles its frame is cut off.
-            async with asyncio.timeout(self.tcp_timeout):
+            # Deadlines for a stranger's first frame, then for the whole exchange: a stream
+            # that trickles its frame is cut off.
+            first = self.tcp_timeout if member else self.first_frame_s()
+            async with asyncio.timeout(first) as deadline:
                 try:
                     data = await _read_frame(reader)
                 except ValueError:
                     if self.member is not None:
                         self.member.stats.drop("oversized")
                     return
+                deadline.reschedule(started + self.tcp_timeout)
                 reply = self.member.handle_stream(data) if self.member is not None else None
                 if reply is not None:
                     writer.write(_FRAME.pack(len(reply)) + reply)

@@ -405,7 +405,7 @@ class Inference:
             "Content-Type": "application/json",
             # Signed for this one request: a captured header opens nothing else, and only once.
             "Authorization": self.cluster.keyring.sign_request(
-                "POST", request.path, me, time.time()
+                "POST", request.path, me, peer.name, time.time()
             ),
             FORWARDED_BY: me,
         }

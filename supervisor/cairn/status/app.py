@@ -110,7 +110,10 @@ def _static(name: str, content_type: str) -> Handler:
 def create_app(sup: Supervisor) -> web.Application:
     """Build the status app around a supervisor."""
     app = web.Application(
-        middlewares=[errors_as_json, auth.middleware(sup.accepted_tokens, sup.peer_keyring)]
+        middlewares=[
+            errors_as_json,
+            auth.middleware(sup.accepted_tokens, sup.peer_keyring, node=sup.config.node.name),
+        ]
     )
     app[SUPERVISOR] = sup
     app[METRICS] = Metrics(sup)
