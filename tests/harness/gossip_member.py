@@ -13,10 +13,11 @@ import json
 import random
 import sys
 
+from cairn.config import Profile
 from cairn.gossip.clock import LoopClock
 from cairn.gossip.keyring import Keyring
 from cairn.gossip.membership import Membership
-from cairn.gossip.profiles import TIMINGS, Profile
+from cairn.gossip.profiles import TIMINGS
 from cairn.gossip.transport import SocketTransport
 
 

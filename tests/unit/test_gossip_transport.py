@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from cairn.config import Profile
 from cairn.gossip import transport as transport_module
 from cairn.gossip.clock import LoopClock
 from cairn.gossip.keyring import Keyring
 from cairn.gossip.membership import Membership
 from cairn.gossip.messages import MemberState
-from cairn.gossip.profiles import TIMINGS, Profile
+from cairn.gossip.profiles import TIMINGS
 from cairn.gossip.transport import STREAMS_PER_PEER, STREAMS_TOTAL, SocketTransport
 from tests.conftest import free_port
 
