@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Coroutine, Iterator
@@ -20,6 +19,7 @@ from cairn.config import REQUEST_TIMEOUT_S, Config, ModelConfig, ModelKind, Work
 from cairn.guard import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from cairn.inference import openai
 from cairn.inference.children import ChildUnits, ChildWorker
+from cairn.inference.types import EngineStats, ModelState, ModelView, WorkerHealth
 from cairn.sleep import Phase, Sleepable, Sleeper
 from cairn.units import UnitError, Units
 
@@ -37,6 +37,7 @@ _STARTED = web.RequestKey("cairn_response", web.StreamResponse)
 MODEL_KEY = web.RequestKey("cairn_model", str)
 FORWARDED_BY = "X-Cairn-Forwarded-By"  # set on a request one node passes to another
 WAKE_KEEPALIVE_S = 1.0  # a streaming client waiting for a wake hears from us this often
+SERVING = (ModelState.READY, ModelState.SOCKET, ModelState.ASLEEP)  # or would, on a request
 
 
 def unit_of(model: str) -> str:
@@ -59,7 +60,7 @@ class Model:
         self.sleepable: Sleepable | None = None  # set with the sleeper, which keeps it true
         self.socket_path = socket_path
         self.child = child
-        self.health: dict[str, Any] | None = None
+        self.health: WorkerHealth | None = None
         self.created = int(time.time())
         self._session: aiohttp.ClientSession | None = None
 
@@ -78,23 +79,28 @@ class Model:
         """Awake, waking, asleep or failed, as systemd last said; unknown without a sleeper."""
         return self.sleepable.phase if self.sleepable else Phase.UNKNOWN
 
+    @property
+    def stats(self) -> EngineStats:
+        """The engine's counters by the last health report; none without one."""
+        return self.health.stats if self.health is not None else EngineStats()
+
     def full(self) -> bool:
         """Whether its queue is full by the last health report (the next request waits long)."""
-        stats = (self.health or {}).get("stats", {})
-        return bool(stats) and stats.get("queued", 0) >= self.cfg.queue
+        queued = self.stats.queued
+        return queued is not None and queued >= self.cfg.queue
 
-    def state(self) -> tuple[str, str]:
+    def state(self) -> tuple[ModelState, str]:
         """(state, reason): starting, loading, ready, failed, asleep, or socket (not known yet)."""
         if self.child is not None:
             if self.child.state == "stopped":
-                return "asleep", "woken by the next request"
-            return self.child.state, self.child.reason
+                return ModelState.ASLEEP, "woken by the next request"
+            return ModelState(self.child.state), self.child.reason
         return {
-            Phase.AWAKE: ("ready", ""),
-            Phase.WAKING: ("loading", "waking"),
-            Phase.ASLEEP: ("asleep", "woken by the next request"),
-            Phase.FAILED: ("failed", "the unit failed; the next request starts it again"),
-        }.get(self.phase, ("socket", "started on first request"))
+            Phase.AWAKE: (ModelState.READY, ""),
+            Phase.WAKING: (ModelState.LOADING, "waking"),
+            Phase.ASLEEP: (ModelState.ASLEEP, "woken by the next request"),
+            Phase.FAILED: (ModelState.FAILED, "the unit failed; the next request starts it again"),
+        }.get(self.phase, (ModelState.SOCKET, "started on first request"))
 
     async def close(self) -> None:
         """Close the client session."""
@@ -157,13 +163,13 @@ class Inference:
         if self._peers is not None:
             await self._peers.close()
 
-    def not_ready(self) -> dict[str, str]:
-        """Models that are not (yet) serving, with why."""
+    def not_ready(self) -> dict[str, tuple[ModelState, str]]:
+        """Models that are not (yet) serving: their state, and why."""
         out = {}
         for name, m in self.models.items():
             state, reason = m.state()
-            if state not in ("ready", "socket", "asleep"):
-                out[name] = f"{state}: {reason}" if reason else state
+            if state not in SERVING:
+                out[name] = (state, reason)
         return out
 
     async def poll_health(self) -> None:
@@ -178,30 +184,30 @@ class Inference:
                         "http://worker/health",
                         timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S),
                     ) as resp:
-                        m.health = await resp.json()
-                except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as err:
+                        m.health = msgspec.json.decode(await resp.read(), type=WorkerHealth)
+                except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError) as err:
                     log.warning("health of %s failed: %s", m.cfg.name, err)
                     m.health = None
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, ModelView]:
         """Per-model state for /status."""
         out = {}
         for name, m in self.models.items():
             state, reason = m.state()
-            h = m.health or {}
-            out[name] = {
-                "kind": str(m.cfg.kind),
-                "state": state,
-                "reason": reason,
-                "pid": m.child.pid if m.child else h.get("pid"),
-                "starts": m.child.starts if m.child else None,
-                "load_seconds": h.get("load_seconds"),
-                "device": h.get("device"),
-                "device_reason": h.get("device_reason"),
-                "cores": h.get("cores", []),
-                "threads": h.get("threads", {}),
-                "stats": h.get("stats", {}),
-            }
+            h = m.health
+            out[name] = ModelView(
+                kind=m.cfg.kind,
+                state=state,
+                reason=reason,
+                pid=m.child.pid if m.child else h.pid if h else None,
+                starts=m.child.starts if m.child else None,
+                load_seconds=h.load_seconds if h else None,
+                device=h.device if h else None,
+                device_reason=h.device_reason if h else None,
+                cores=h.cores if h else [],
+                threads=h.threads if h else {},
+                stats=m.stats,
+            )
         return out
 
     # --- HTTP -----------------------------------------------------------------------------
@@ -354,9 +360,9 @@ class Inference:
                 return ""  # asleep, or being put to sleep: nothing to ask
             with _probing(model):
                 why = await self._ask(model)
-            stats = (model.health or {}).get("stats", {})
-            busy = stats.get("active") or stats.get("queued")
-            if why and busy and stats.get("stalled_seconds", 0.0) < self.config.heal.stall_timeout:
+            stats = model.stats
+            busy = stats.active or stats.queued
+            if why and busy and (stats.stalled_seconds or 0.0) < self.config.heal.stall_timeout:
                 return ""  # slow because it is busy, not hung: its decode steps go on
             return why
         if self.sleeper is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -11,6 +11,7 @@ from cairn.gate import GateView
 from cairn.generations import Generations
 from cairn.gossip.service import MemberView
 from cairn.identity import Identity
+from cairn.inference.types import ModelView
 from cairn.probe import Snapshot
 from cairn.sleep import UnitView
 from cairn.state import Incident
@@ -32,7 +33,7 @@ class StatusDocument(msgspec.Struct, frozen=True):
     probe: Snapshot | None
     generation: Generations | None
     generation_reason: str
-    models: dict[str, dict[str, Any]]
+    models: dict[str, ModelView]
     cluster: list[MemberView] | None
     sleep: list[UnitView]
     gate: GateView
