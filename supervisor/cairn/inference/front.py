@@ -20,8 +20,8 @@ from cairn.guard import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from cairn.inference import openai
 from cairn.inference.children import ChildUnits, ChildWorker
 from cairn.inference.types import EngineStats, ModelState, ModelView, WorkerHealth
-from cairn.sleep import Phase, Sleepable, Sleeper
-from cairn.units import UnitError, Units
+from cairn.sleep import Phase, Sleepable, Sleeper, phase_of
+from cairn.units import UnitError, Units, UnitStatus
 
 if TYPE_CHECKING:
     from cairn.gossip.service import Cluster, Peer
@@ -38,6 +38,14 @@ MODEL_KEY = web.RequestKey("cairn_model", str)
 FORWARDED_BY = "X-Cairn-Forwarded-By"  # set on a request one node passes to another
 WAKE_KEEPALIVE_S = 1.0  # a streaming client waiting for a wake hears from us this often
 SERVING = (ModelState.READY, ModelState.SOCKET, ModelState.ASLEEP)  # or would, on a request
+# A worker unit's phase as the front shows it, with the reason when the backend gives none.
+_BY_PHASE = {
+    Phase.AWAKE: (ModelState.READY, ""),
+    Phase.WAKING: (ModelState.LOADING, "waking"),
+    Phase.ASLEEP: (ModelState.ASLEEP, "woken by the next request"),
+    Phase.FAILED: (ModelState.FAILED, "the unit failed; the next request starts it again"),
+}
+_NOT_KNOWN = (ModelState.SOCKET, "started on first request")
 
 
 def unit_of(model: str) -> str:
@@ -54,12 +62,12 @@ def _started(request: web.Request) -> web.StreamResponse | None:
 class Model:
     """One configured model as the front sees it: its worker, its state, its last health."""
 
-    def __init__(self, cfg: ModelConfig, socket_path: Path, child: ChildWorker | None) -> None:
+    def __init__(self, cfg: ModelConfig, socket_path: Path, units: Units) -> None:
         self.cfg = cfg
         self.unit = unit_of(cfg.name)
         self.sleepable: Sleepable | None = None  # set with the sleeper, which keeps it true
         self.socket_path = socket_path
-        self.child = child
+        self.units = units
         self.health: WorkerHealth | None = None
         self.created = int(time.time())
         self._session: aiohttp.ClientSession | None = None
@@ -74,10 +82,9 @@ class Model:
             )
         return self._session
 
-    @property
-    def phase(self) -> Phase:
-        """Awake, waking, asleep or failed, as systemd last said; unknown without a sleeper."""
-        return self.sleepable.phase if self.sleepable else Phase.UNKNOWN
+    def known(self) -> UnitStatus:
+        """Its worker unit as the backend knows it now."""
+        return self.units.known(self.unit)
 
     @property
     def stats(self) -> EngineStats:
@@ -91,16 +98,11 @@ class Model:
 
     def state(self) -> tuple[ModelState, str]:
         """(state, reason): starting, loading, ready, failed, asleep, or socket (not known yet)."""
-        if self.child is not None:
-            if self.child.state == "stopped":
-                return ModelState.ASLEEP, "woken by the next request"
-            return ModelState(self.child.state), self.child.reason
-        return {
-            Phase.AWAKE: (ModelState.READY, ""),
-            Phase.WAKING: (ModelState.LOADING, "waking"),
-            Phase.ASLEEP: (ModelState.ASLEEP, "woken by the next request"),
-            Phase.FAILED: (ModelState.FAILED, "the unit failed; the next request starts it again"),
-        }.get(self.phase, (ModelState.SOCKET, "started on first request"))
+        seen = self.known()
+        state, why = _BY_PHASE.get(phase_of(seen.state), _NOT_KNOWN)
+        if state is ModelState.LOADING and seen.spawned:
+            state = ModelState.STARTING
+        return state, why if seen.reason is None else seen.reason
 
     async def close(self) -> None:
         """Close the client session."""
@@ -117,24 +119,21 @@ class Inference:
         sockets = self.socket_dir = Path(
             config.inference.socket_dir or Path(config.node.state_dir) / "sockets"
         )
-        children = config.inference.workers is WorkerManager.CHILDREN
-        config_path = run_dir / "effective-config.json"
-        self.models = {
-            m.name: Model(
-                m,
-                sockets / f"{m.name}.sock",
-                ChildWorker(m, config_path, sockets / f"{m.name}.sock", run_dir)
-                if children
-                else None,
+        config_path = self._config_path = run_dir / "effective-config.json"
+        self._children: ChildUnits | None = None  # standalone: the workers are ours to run
+        if config.inference.workers is WorkerManager.CHILDREN:
+            units = self._children = ChildUnits(
+                {
+                    unit_of(m.name): ChildWorker(
+                        m, config_path, sockets / f"{m.name}.sock", run_dir
+                    )
+                    for m in config.models
+                }
             )
-            for m in config.models
-        }
-        self._config_path = config_path
-        if children:
-            units = ChildUnits({m.unit: m.child for m in self.models.values() if m.child})
         elif units is None:
             raise ValueError("systemd workers need a systemd connection")
         self.units: Units = units
+        self.models = {m.name: Model(m, sockets / f"{m.name}.sock", units) for m in config.models}
         self.sleeper: Sleeper | None = None  # set by the supervisor
         self.cluster: Cluster | None = None  # set by the supervisor when gossip is on
         self._peers: aiohttp.ClientSession | None = None
@@ -144,20 +143,19 @@ class Inference:
 
     async def start(self) -> None:
         """Write the config the workers read, then start the children (standalone)."""
-        children = [m.child for m in self.models.values() if m.child is not None]
-        if not children:  # systemd mode: units bring their own config and sockets
+        if self._children is None or not self.models:  # systemd units bring their own
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._config_path.with_suffix(".tmp")
         tmp.write_bytes(msgspec.json.encode(self.config))
         tmp.replace(self._config_path)
-        for child in children:
-            child.start()
+        self._children.open()
 
     async def stop(self) -> None:
         """Stop the children and close the sessions."""
-        await asyncio.gather(*(m.child.stop() for m in self.models.values() if m.child))
+        if self._children is not None:
+            await self._children.close()
         for m in self.models.values():
             await m.close()
         if self._peers is not None:
@@ -194,13 +192,13 @@ class Inference:
         out = {}
         for name, m in self.models.items():
             state, reason = m.state()
-            h = m.health
+            h, process = m.health, m.known().process
             out[name] = ModelView(
                 kind=m.cfg.kind,
                 state=state,
                 reason=reason,
-                pid=m.child.pid if m.child else h.pid if h else None,
-                starts=m.child.starts if m.child else None,
+                pid=process.pid if process else h.pid if h else None,
+                starts=process.starts if process else None,
                 load_seconds=h.load_seconds if h else None,
                 device=h.device if h else None,
                 device_reason=h.device_reason if h else None,
@@ -306,9 +304,9 @@ class Inference:
         self, request: web.Request, model: Model, body: bytes, streaming: bool
     ) -> web.StreamResponse:
         """Wake the worker if it sleeps (a streaming client hears why it waits), then forward."""
-        child = model.child
-        if child is not None and child.state == "failed":  # in its restart backoff: say why now
-            return _unavailable(model.cfg.name, child.reason or child.state)
+        seen = model.known()
+        if seen.restarting:  # failed, in its restart backoff: say why now
+            return _unavailable(model.cfg.name, seen.reason or "failed")
         if _ready(model):
             return await self._forward(request, model, body)
         resp = None
@@ -368,8 +366,9 @@ class Inference:
         if self.sleeper is not None:
             self.sleeper.begin(model.unit)
         try:
-            if model.child is not None and model.child.state == "failed":
-                return model.child.reason or "failed"
+            seen = model.known()
+            if seen.restarting:  # failed, in its restart backoff: starting it only waits
+                return seen.reason or "failed"
             if not _ready(model) and (why := await self._wake(model)):
                 return why
             return await self._ask(model)
@@ -529,8 +528,7 @@ class Inference:
             if (started := _started(request)) is not None:  # a side hung up mid-stream
                 log.info("stream of %s ended early: %s", model.cfg.name, err)
                 return started
-            if model.child is None:
-                model.health = None
+            model.health = None  # what it last said of itself is stale now
             return _unavailable(model.cfg.name, str(err))
 
     def add_routes(self, app: web.Application) -> None:
@@ -544,15 +542,13 @@ def _ready(model: Model) -> bool:
     """Whether the worker can take a request now (else it has to be woken, or waited for)."""
     if model.sleepable is not None and model.sleepable.stopping:
         return False  # going to sleep: the request waits for the stop, then wakes it
-    if model.child is not None:
-        return model.child.state == "ready"
-    return model.phase in (Phase.AWAKE, Phase.UNKNOWN)
+    # Not known yet: a socket-activated worker, which the request's connection starts.
+    return phase_of(model.known().state) in (Phase.AWAKE, Phase.UNKNOWN)
 
 
 def _awake(model: Model) -> bool:
     """Known to be up, and not being put to sleep: what health requests may be sent to."""
-    up = model.child.state == "ready" if model.child else model.phase is Phase.AWAKE
-    return up and _ready(model)
+    return phase_of(model.known().state) is Phase.AWAKE and _ready(model)
 
 
 @contextlib.contextmanager
