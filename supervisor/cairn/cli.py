@@ -18,6 +18,7 @@ import msgspec
 
 from cairn import __version__, config
 from cairn.errors import ConfigError
+from cairn.inference.types import ModelView
 
 EXIT_CONFIG = 2
 EXIT_UNREACHABLE = 3
@@ -182,16 +183,16 @@ def render_status(doc: dict[str, Any]) -> str:
         out += ["Machine", _table(rows)]
     else:
         out += ["Machine", "  (no probe sample yet)"]
-    models = doc.get("models") or {}
+    models = msgspec.convert(doc.get("models") or {}, dict[str, ModelView])
     if models:
         rows = []
         for name, m in sorted(models.items()):
-            st = m["stats"]
-            busy = f"{st['active']}/{st['slots']} slots, {st['queued']} queued" if st else ""
-            state = m["state"] + (f" ({m['reason']})" if m["reason"] else "")
-            rows.append(
-                (name, ", ".join(x for x in (m["kind"], state, m["device"] or "", busy) if x))
+            st = m.stats
+            busy = (
+                f"{st.active}/{st.slots} slots, {st.queued} queued" if st.slots is not None else ""
             )
+            state = m.state + (f" ({m.reason})" if m.reason else "")
+            rows.append((name, ", ".join(x for x in (m.kind, state, m.device or "", busy) if x)))
         out += ["Models", _table(rows)]
     gen = doc.get("generation")
     if gen:

@@ -25,6 +25,7 @@ from cairn.gossip.keyring import Keyring
 from cairn.gossip.service import Cluster
 from cairn.identity import of_this_machine
 from cairn.inference.front import Inference
+from cairn.inference.types import ModelState
 from cairn.policy.gate import Gate, GateError
 from cairn.policy.heal import (
     Check,
@@ -261,8 +262,11 @@ class Supervisor:
         await self.inference.poll_health()
         waiting = self.inference.not_ready()
         if waiting:
-            detail = "; ".join(f"{n}: {why}" for n, why in sorted(waiting.items()))
-            failed = any(why.startswith("failed") for why in waiting.values())
+            detail = "; ".join(
+                f"{n}: {state}: {why}" if why else f"{n}: {state}"
+                for n, (state, why) in sorted(waiting.items())
+            )
+            failed = any(state is ModelState.FAILED for state, _ in waiting.values())
             self.components.set("inference", State.DEGRADED if failed else State.STARTING, detail)
         else:
             self.components.set("inference", State.READY)
@@ -272,15 +276,15 @@ class Supervisor:
         """The health digest this node gossips to its peers."""
         snap = self.snapshot
         models = {}
-        for name, st in self.inference.status().items():
+        for name, view in self.inference.status().items():
             cfg = self.config.model(name)
             assert cfg is not None
-            s = st["stats"]
+            s = view.stats
             models[name] = ModelDigest(
-                st["state"],
-                int(s.get("slots", cfg.slots)),
-                int(s.get("active", 0)),
-                int(s.get("queued", 0)),
+                str(view.state),
+                cfg.slots if s.slots is None else s.slots,
+                s.active or 0,
+                s.queued or 0,
                 cfg.queue,
             )
         gen = self.generation

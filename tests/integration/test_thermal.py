@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from cairn import config
 from cairn.inference import demo_gguf
+from cairn.inference.children import ChildUnits
 from cairn.inference.front import Inference
 from cairn.policy.thermal import Reading, ThermalGuard
 
@@ -37,6 +38,8 @@ async def test_a_hot_gpu_pauses_its_workers_until_it_cools(tmp_path: Path) -> No
     )
     inf = Inference(cfg, tmp_path / "state" / "run")
     gpu, cpu = inf.models["gpu"], inf.models["cpu"]
+    assert isinstance(inf.units, ChildUnits)
+    gpu_child, cpu_child = inf.units.children[gpu.unit], inf.units.children[cpu.unit]
     celsius = [70.0]
     now = [0.0]
 
@@ -51,14 +54,13 @@ async def test_a_hot_gpu_pauses_its_workers_until_it_cools(tmp_path: Path) -> No
     await client.start_server()
     await inf.start()
     try:
-        assert gpu.child is not None and cpu.child is not None
-        await until(lambda: gpu.child.state == "ready" and cpu.child.state == "ready")
+        await until(lambda: gpu_child.state == "ready" and cpu_child.state == "ready")
 
         celsius[0] = 86.0
         await guard.tick()
         now[0] += SUSTAIN - 1
         await guard.tick()
-        assert gpu.child.state == "ready"  # hot, but not for long enough yet
+        assert gpu_child.state == "ready"  # hot, but not for long enough yet
         celsius[0] = 84.0  # a dip below the threshold starts the count over
         await guard.tick()
         celsius[0] = 90.0
@@ -67,13 +69,13 @@ async def test_a_hot_gpu_pauses_its_workers_until_it_cools(tmp_path: Path) -> No
         now[0] += SUSTAIN
         await guard.tick()
         assert guard.paused_units == {gpu.unit} and guard.pauses == 1
-        assert gpu.child.state == "stopped" and cpu.child.state == "ready"
+        assert gpu_child.state == "stopped" and cpu_child.state == "ready"
 
         body = {"model": "gpu", "prompt": "hi", "max_tokens": 2}
         resp = await client.post("/v1/completions", json=body)
         assert resp.status == 503
         assert "paused while the GPU cools down" in (await resp.json())["error"]["message"]
-        assert gpu.child.state == "stopped"  # the request did not wake it
+        assert gpu_child.state == "stopped"  # the request did not wake it
         ok = await client.post("/v1/completions", json={**body, "model": "cpu"})
         assert ok.status == 200
 
@@ -83,7 +85,7 @@ async def test_a_hot_gpu_pauses_its_workers_until_it_cools(tmp_path: Path) -> No
         celsius[0] = 74.0
         await guard.tick()
         assert not guard.paused_units
-        await until(lambda: gpu.child.state == "ready")  # it was running: started again
+        await until(lambda: gpu_child.state == "ready")  # it was running: started again
         resp = await client.post("/v1/completions", json=body)
         assert resp.status == 200
     finally:

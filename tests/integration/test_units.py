@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from cairn.system.units import JobFailed, SystemdUnits, UnitError, UnitState
+from cairn.system.units import JobFailed, SystemdUnits, UnitError, UnitState, UnitStatus
 
 SLOW = """\
 [Service]
@@ -44,16 +46,25 @@ async def _until(cond: Any, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.02)
 
 
+@contextlib.asynccontextmanager
+async def _client(node: Any) -> AsyncIterator[SystemdUnits]:
+    """A client on the node's system bus, closed afterwards."""
+    units = SystemdUnits(node.bus_address)
+    await units.open()
+    try:
+        yield units
+    finally:
+        await units.close()
+
+
 def test_jobs_signals_and_counters(cluster_factory: Any) -> None:
     node = cluster_factory(1, files=FILES).nodes[0]
     node.systemd.Reload()
 
     async def scenario() -> None:
-        units = SystemdUnits(node.bus_address)
-        await units.open()
-        seen: list[UnitState] = []
-        units.watch(lambda s: seen.append(s) if s.name == "slow.service" else None)
-        try:
+        async with _client(node) as units:
+            seen: list[UnitState] = []
+            units.watch(lambda s: seen.append(s) if s.name == "slow.service" else None)
             # A notify service's start job ends only once it is ready.
             await units.start("slow.service")
             assert (await units.state("slow.service")).active == "active"
@@ -95,7 +106,31 @@ def test_jobs_signals_and_counters(cluster_factory: Any) -> None:
                 while not (held := await units.sleep_inhibitors()):
                     await asyncio.sleep(0.1)
             assert held == ["backup: copying"]
-        finally:
-            await units.close()
 
     asyncio.run(scenario())
+
+
+def test_known_states_follow_the_signals_without_a_call(cluster_factory: Any) -> None:
+    """What the front reads on every request: the last state, kept true by systemd's signals."""
+    node = cluster_factory(1, files=FILES).nodes[0]
+    node.systemd.Reload()
+
+    async def scenario() -> None:
+        async with _client(node) as units:
+            assert units.known("slow.service") == UnitStatus(None)  # never read nor heard of
+            node.exec(["systemctl", "start", "echo.socket"])  # nobody asks about this one
+            node.exec(["systemctl", "start", "slow.service"])  # not through this client
+            await _until(lambda: _active(units.known("slow.service")) == "active")
+            assert "echo.socket" not in units._known  # its signals came first: not kept
+            node.exec(["systemctl", "stop", "slow.service"])
+            await _until(lambda: _active(units.known("slow.service")) == "inactive")
+            assert (await units.state("echo.socket")).active == "active"
+            assert _active(units.known("echo.socket")) == "active"  # read once: kept
+            known = units.known("slow.service")
+            assert known.process is None and not known.restarting and known.reason is None
+
+    asyncio.run(scenario())
+
+
+def _active(known: UnitStatus) -> str | None:
+    return known.state.active if known.state else None

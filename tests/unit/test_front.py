@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import msgspec
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from cairn import config
+from cairn.config import ModelKind
 from cairn.daemon import Supervisor
 from cairn.inference import front
+from cairn.inference.types import EngineStats, ModelState, WorkerHealth
 from cairn.status.app import create_app
+from cairn.system.units import Units, UnitState, UnitStatus
 
 
 @pytest.fixture
@@ -74,3 +79,55 @@ async def test_a_body_that_does_not_decompress_is_400(client: TestClient) -> Non
 
 def _json() -> dict[str, str]:
     return {"Content-Type": "application/json"}
+
+
+class _AwakeUnits:
+    """A systemd backend whose every unit is active: the front asks the worker's /health."""
+
+    def known(self, unit: str) -> UnitStatus:
+        return UnitStatus(UnitState(unit, "active", "running"))
+
+
+@pytest.mark.parametrize(
+    ("body", "healthy"),
+    [
+        (b'{"model": 5}', False),  # a worker that says what it should not is not believed
+        (b"not json", False),
+        (None, True),  # what the worker itself would say
+    ],
+)
+async def test_worker_health_is_typed_or_dropped(
+    tmp_path: Path, body: bytes | None, healthy: bool
+) -> None:
+    cfg = config.from_mapping(
+        {
+            "version": 1,
+            "node": {"name": "unit", "state_dir": str(tmp_path)},
+            "inference": {"workers": "systemd", "socket_dir": str(tmp_path / "s")},
+            "models": [{"name": "m", "path": str(tmp_path / "m.gguf"), "kind": "gguf"}],
+        }
+    )
+    sent = WorkerHealth(
+        "m", ModelKind.GGUF, ModelState.READY, 42, 0.5, "cpu", "", [2], {"7": [2]}, EngineStats()
+    )
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(body=msgspec.json.encode(sent) if body is None else body)
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    (tmp_path / "s").mkdir()
+    await web.UnixSite(runner, str(tmp_path / "s" / "m.sock")).start()
+    inf = front.Inference(cfg, tmp_path / "run", cast(Units, _AwakeUnits()))
+    try:
+        await inf.poll_health()
+        view = inf.status()["m"]
+    finally:
+        await inf.stop()
+        await runner.cleanup()
+    assert inf.models["m"].health == (sent if healthy else None)
+    assert view.state is ModelState.READY and view.stats == EngineStats()
+    assert view.pid == (42 if healthy else None)
+    assert msgspec.json.encode(view.stats) == b"{}"  # an engine without stats, as on the wire

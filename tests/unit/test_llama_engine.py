@@ -142,7 +142,7 @@ async def test_four_requests_overlap_in_time(engine: LlamaEngine) -> None:
         nonlocal most_active
         async for _ in engine.generate(PROMPTS[i], SamplingParams(max_tokens=48, temperature=0)):
             arrivals.append(i)
-            most_active = max(most_active, int(engine.stats()["active"]))
+            most_active = max(most_active, engine.stats().active or 0)
 
     await asyncio.gather(*(consume(i) for i in range(4)))
     assert most_active == 4
@@ -170,7 +170,7 @@ async def test_full_queue_refuses_at_once_and_the_queued_one_runs_next(
     order.append("first")
     second = asyncio.create_task(consume("second", engine.generate("b", GREEDY)))
     await asyncio.sleep(0)  # one loop turn: generate() enqueues before its first await
-    assert engine.stats()["queued"] == 1
+    assert engine.stats().queued == 1
 
     third = engine.generate("c", GREEDY)
     with pytest.raises(QueueFull):
@@ -183,7 +183,7 @@ async def test_full_queue_refuses_at_once_and_the_queued_one_runs_next(
     assert last_of_second.completion_tokens == GREEDY.max_tokens
     assert last_of_second.timings is not None and last_of_second.timings.queue > 0
     stats = engine.stats()
-    assert (stats["requests_total"], stats["active"], stats["queued"]) == (2, 0, 0)
+    assert (stats.requests_total, stats.active, stats.queued) == (2, 0, 0)
 
 
 async def test_queued_requests_run_in_arrival_order(make_engine: MakeEngine) -> None:
@@ -200,7 +200,7 @@ async def test_queued_requests_run_in_arrival_order(make_engine: MakeEngine) -> 
     for name in ("b", "c"):
         tasks.append(asyncio.create_task(consume(name)))
         await asyncio.sleep(0)  # one loop turn: enqueued, in this order
-    assert engine.stats()["queued"] == 2
+    assert engine.stats().queued == 2
     await busy.aclose()
     await asyncio.gather(*tasks)
     assert order == ["b"] * 9 + ["c"] * 9  # 8 text chunks and the final one, each
@@ -261,7 +261,7 @@ async def test_cancel_frees_the_slot_and_its_kv_cells(make_engine: MakeEngine, h
     if how == "aclose":
         first = await gen.__anext__()
         assert first.finish_reason is None
-        assert engine.stats()["active"] == 1
+        assert engine.stats().active == 1
         await gen.aclose()
     else:
         got_one = asyncio.Event()
@@ -277,8 +277,8 @@ async def test_cancel_frees_the_slot_and_its_kv_cells(make_engine: MakeEngine, h
         with pytest.raises(asyncio.CancelledError):
             await task
     stats = engine.stats()
-    assert (stats["active"], stats["cancelled_total"]) == (0, 1)
-    assert stats["completion_tokens_total"] < 10_000
+    assert (stats.active, stats.cancelled_total) == (0, 1)
+    assert stats.completion_tokens_total is not None and stats.completion_tokens_total < 10_000
     # Same seq_id again: leftover KV cells would shift positions or leak into attention.
     again = await run(engine, PROMPTS[2])
     assert again.token_ids == fresh.token_ids
@@ -290,11 +290,11 @@ async def test_cancel_while_queued_leaves_the_queue(make_engine: MakeEngine) -> 
     await busy.__anext__()
     queued = asyncio.create_task(run(engine, "b"))
     await asyncio.sleep(0)  # one loop turn: generate() enqueues before its first await
-    assert engine.stats()["queued"] == 1
+    assert engine.stats().queued == 1
     queued.cancel()
     with pytest.raises(asyncio.CancelledError):
         await queued
-    assert engine.stats()["queued"] == 0
+    assert engine.stats().queued == 0
     await busy.aclose()
     assert (await run(engine, "c")).final.completion_tokens == GREEDY.max_tokens
 
@@ -339,10 +339,10 @@ def test_attributes_report_the_layout(engine: LlamaEngine) -> None:
 async def test_stats_count_tokens_and_rate(engine: LlamaEngine) -> None:
     got = await run(engine, "abc", SamplingParams(max_tokens=7, temperature=0))
     stats = engine.stats()
-    assert stats["prompt_tokens_total"] == got.final.prompt_tokens == 4
-    assert stats["completion_tokens_total"] == 7
-    assert stats["requests_total"] == 1
-    assert stats["tokens_per_second"] > 0
+    assert stats.prompt_tokens_total == got.final.prompt_tokens == 4
+    assert stats.completion_tokens_total == 7
+    assert stats.requests_total == 1
+    assert stats.tokens_per_second is not None and stats.tokens_per_second > 0
 
 
 def test_text_stream_holds_back_partial_utf8() -> None:
@@ -375,7 +375,7 @@ async def test_a_hung_decode_shows_as_stalled_work(
     make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = make_engine()
-    assert engine.stats()["stalled_seconds"] == 0.0  # idle is not stalled
+    assert engine.stats().stalled_seconds == 0.0  # idle is not stalled
     await run(engine, "warm")  # a long idle gap before the hang must not count as stalled
     release = threading.Event()
     real = llama_cpp.llama_decode
@@ -388,11 +388,13 @@ async def test_a_hung_decode_shows_as_stalled_work(
     task = asyncio.create_task(run(engine, PROMPTS[0]))
     await asyncio.sleep(0.3)
     first = engine.stats()
-    assert first["active"] + first["queued"] == 1
-    assert 0.2 <= first["stalled_seconds"] < 5
+    assert (first.active, first.queued) in ((1, 0), (0, 1))
+    stalled = first.stalled_seconds
+    assert stalled is not None and 0.2 <= stalled < 5
     await asyncio.sleep(0.5)
-    assert engine.stats()["stalled_seconds"] >= first["stalled_seconds"] + 0.4
+    later = engine.stats().stalled_seconds
+    assert later is not None and later >= stalled + 0.4
     monkeypatch.setattr(llama_cpp, "llama_decode", real)
     release.set()
     assert len((await task).token_ids) == 32
-    assert engine.stats()["stalled_seconds"] == 0.0
+    assert engine.stats().stalled_seconds == 0.0

@@ -20,6 +20,7 @@ from cairn.daemon import Supervisor
 from cairn.gossip.digest import ModelDigest, NodeDigest
 from cairn.gossip.service import MemberView
 from cairn.identity import Identity
+from cairn.inference.types import EngineStats, ModelView
 from cairn.policy.gate import GateView
 from cairn.policy.sleep import UnitView
 from cairn.state import Incident, Rollback, Window
@@ -119,6 +120,7 @@ OPENAPI = json.loads(resources.files("cairn.status").joinpath("openapi.json").re
         ("ConfirmWindow", Window),
         ("Rollback", Rollback),
         ("Incident", Incident),
+        ("ModelStatus", ModelView),
     ],
 )
 def test_openapi_schema_lists_exactly_the_struct_fields(
@@ -128,6 +130,14 @@ def test_openapi_schema_lists_exactly_the_struct_fields(
     assert set(spec["properties"]) == set(struct.__struct_fields__)
     assert set(spec["required"]) == set(struct.__struct_fields__)
     assert spec["additionalProperties"] is False
+
+
+def test_engine_stats_are_all_there_or_none_on_the_wire() -> None:
+    """An embedding worker reports `{}` as stats, as /health and /status always did."""
+    assert msgspec.json.encode(EngineStats()) == b"{}"
+    full = EngineStats(1, 0, 0, 0, 0, 0, 0, 0.0, 0.0)
+    assert set(msgspec.to_builtins(full)) == set(EngineStats.__struct_fields__)
+    assert msgspec.json.decode(b"{}", type=EngineStats) == EngineStats()
 
 
 async def test_a_hung_probe_degrades_and_does_not_block_shutdown(

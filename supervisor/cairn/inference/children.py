@@ -13,7 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cairn.config import ModelConfig
-from cairn.system.units import JobFailed, ServiceInfo, SocketCounters, UnitError, UnitState, Watcher
+from cairn.system.units import (
+    JobFailed,
+    Process,
+    ServiceInfo,
+    SocketCounters,
+    UnitError,
+    UnitState,
+    UnitStatus,
+    Watcher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +211,15 @@ class ChildUnits:
         for fn in self._watchers:
             fn(UnitState(unit, ACTIVE_STATE[state], state))
 
+    def open(self) -> None:
+        """Start supervising every child: spawn now, respawn after crashes."""
+        for child in self.children.values():
+            child.start()
+
+    async def close(self) -> None:
+        """Stop every child."""
+        await asyncio.gather(*(child.stop() for child in self.children.values()))
+
     def _child(self, unit: str) -> ChildWorker:
         child = self.children.get(unit)
         if child is None:
@@ -243,6 +261,17 @@ class ChildUnits:
         """The child's state in systemd's words."""
         child = self._child(unit)
         return UnitState(unit, ACTIVE_STATE[child.state], child.state)
+
+    def known(self, unit: str) -> UnitStatus:
+        """The child as it is now: its state and why, its process, whether it is in backoff."""
+        child = self._child(unit)
+        return UnitStatus(
+            UnitState(unit, ACTIVE_STATE[child.state], child.state),
+            reason=None if child.state == "stopped" else child.reason,
+            process=Process(child.pid, child.starts),
+            spawned=child.state == "starting",
+            restarting=child.state == "failed",  # its supervising task waits out a backoff
+        )
 
     async def socket_counters(self, unit: str) -> SocketCounters:
         """Children have no socket units."""

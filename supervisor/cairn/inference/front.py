@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Coroutine, Iterator
@@ -20,8 +19,9 @@ from cairn.config import REQUEST_TIMEOUT_S, Config, ModelConfig, ModelKind, Work
 from cairn.guard import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from cairn.inference import openai
 from cairn.inference.children import ChildUnits, ChildWorker
-from cairn.policy.sleep import Phase, Sleepable, Sleeper
-from cairn.system.units import UnitError, Units, unit_of
+from cairn.inference.types import EngineStats, ModelState, ModelView, WorkerHealth
+from cairn.policy.sleep import Phase, Sleepable, Sleeper, phase_of
+from cairn.system.units import UnitError, Units, UnitStatus, unit_of
 
 if TYPE_CHECKING:
     from cairn.gossip.service import Cluster, Peer
@@ -37,6 +37,15 @@ _STARTED = web.RequestKey("cairn_response", web.StreamResponse)
 MODEL_KEY = web.RequestKey("cairn_model", str)
 FORWARDED_BY = "X-Cairn-Forwarded-By"  # set on a request one node passes to another
 WAKE_KEEPALIVE_S = 1.0  # a streaming client waiting for a wake hears from us this often
+SERVING = (ModelState.READY, ModelState.SOCKET, ModelState.ASLEEP)  # or would, on a request
+# A worker unit's phase as the front shows it, with the reason when the backend gives none.
+_BY_PHASE = {
+    Phase.AWAKE: (ModelState.READY, ""),
+    Phase.WAKING: (ModelState.LOADING, "waking"),
+    Phase.ASLEEP: (ModelState.ASLEEP, "woken by the next request"),
+    Phase.FAILED: (ModelState.FAILED, "the unit failed; the next request starts it again"),
+}
+_NOT_KNOWN = (ModelState.SOCKET, "started on first request")
 
 
 def _started(request: web.Request) -> web.StreamResponse | None:
@@ -48,13 +57,13 @@ def _started(request: web.Request) -> web.StreamResponse | None:
 class Model:
     """One configured model as the front sees it: its worker, its state, its last health."""
 
-    def __init__(self, cfg: ModelConfig, socket_path: Path, child: ChildWorker | None) -> None:
+    def __init__(self, cfg: ModelConfig, socket_path: Path, units: Units) -> None:
         self.cfg = cfg
         self.unit = unit_of(cfg.name)
         self.sleepable: Sleepable | None = None  # set with the sleeper, which keeps it true
         self.socket_path = socket_path
-        self.child = child
-        self.health: dict[str, Any] | None = None
+        self.units = units
+        self.health: WorkerHealth | None = None
         self.created = int(time.time())
         self._session: aiohttp.ClientSession | None = None
 
@@ -68,28 +77,27 @@ class Model:
             )
         return self._session
 
+    def known(self) -> UnitStatus:
+        """Its worker unit as the backend knows it now."""
+        return self.units.known(self.unit)
+
     @property
-    def phase(self) -> Phase:
-        """Awake, waking, asleep or failed, as systemd last said; unknown without a sleeper."""
-        return self.sleepable.phase if self.sleepable else Phase.UNKNOWN
+    def stats(self) -> EngineStats:
+        """The engine's counters by the last health report; none without one."""
+        return self.health.stats if self.health is not None else EngineStats()
 
     def full(self) -> bool:
         """Whether its queue is full by the last health report (the next request waits long)."""
-        stats = (self.health or {}).get("stats", {})
-        return bool(stats) and stats.get("queued", 0) >= self.cfg.queue
+        queued = self.stats.queued
+        return queued is not None and queued >= self.cfg.queue
 
-    def state(self) -> tuple[str, str]:
+    def state(self) -> tuple[ModelState, str]:
         """(state, reason): starting, loading, ready, failed, asleep, or socket (not known yet)."""
-        if self.child is not None:
-            if self.child.state == "stopped":
-                return "asleep", "woken by the next request"
-            return self.child.state, self.child.reason
-        return {
-            Phase.AWAKE: ("ready", ""),
-            Phase.WAKING: ("loading", "waking"),
-            Phase.ASLEEP: ("asleep", "woken by the next request"),
-            Phase.FAILED: ("failed", "the unit failed; the next request starts it again"),
-        }.get(self.phase, ("socket", "started on first request"))
+        seen = self.known()
+        state, why = _BY_PHASE.get(phase_of(seen.state), _NOT_KNOWN)
+        if state is ModelState.LOADING and seen.spawned:
+            state = ModelState.STARTING
+        return state, why if seen.reason is None else seen.reason
 
     async def close(self) -> None:
         """Close the client session."""
@@ -106,24 +114,21 @@ class Inference:
         sockets = self.socket_dir = Path(
             config.inference.socket_dir or Path(config.node.state_dir) / "sockets"
         )
-        children = config.inference.workers is WorkerManager.CHILDREN
-        config_path = run_dir / "effective-config.json"
-        self.models = {
-            m.name: Model(
-                m,
-                sockets / f"{m.name}.sock",
-                ChildWorker(m, config_path, sockets / f"{m.name}.sock", run_dir)
-                if children
-                else None,
+        config_path = self._config_path = run_dir / "effective-config.json"
+        self._children: ChildUnits | None = None  # standalone: the workers are ours to run
+        if config.inference.workers is WorkerManager.CHILDREN:
+            units = self._children = ChildUnits(
+                {
+                    unit_of(m.name): ChildWorker(
+                        m, config_path, sockets / f"{m.name}.sock", run_dir
+                    )
+                    for m in config.models
+                }
             )
-            for m in config.models
-        }
-        self._config_path = config_path
-        if children:
-            units = ChildUnits({m.unit: m.child for m in self.models.values() if m.child})
         elif units is None:
             raise ValueError("systemd workers need a systemd connection")
         self.units: Units = units
+        self.models = {m.name: Model(m, sockets / f"{m.name}.sock", units) for m in config.models}
         self.sleeper: Sleeper | None = None  # set by the supervisor
         self.cluster: Cluster | None = None  # set by the supervisor when gossip is on
         self._peers: aiohttp.ClientSession | None = None
@@ -133,32 +138,31 @@ class Inference:
 
     async def start(self) -> None:
         """Write the config the workers read, then start the children (standalone)."""
-        children = [m.child for m in self.models.values() if m.child is not None]
-        if not children:  # systemd mode: units bring their own config and sockets
+        if self._children is None or not self.models:  # systemd units bring their own
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._config_path.with_suffix(".tmp")
         tmp.write_bytes(msgspec.json.encode(self.config))
         tmp.replace(self._config_path)
-        for child in children:
-            child.start()
+        self._children.open()
 
     async def stop(self) -> None:
         """Stop the children and close the sessions."""
-        await asyncio.gather(*(m.child.stop() for m in self.models.values() if m.child))
+        if self._children is not None:
+            await self._children.close()
         for m in self.models.values():
             await m.close()
         if self._peers is not None:
             await self._peers.close()
 
-    def not_ready(self) -> dict[str, str]:
-        """Models that are not (yet) serving, with why."""
+    def not_ready(self) -> dict[str, tuple[ModelState, str]]:
+        """Models that are not (yet) serving: their state, and why."""
         out = {}
         for name, m in self.models.items():
             state, reason = m.state()
-            if state not in ("ready", "socket", "asleep"):
-                out[name] = f"{state}: {reason}" if reason else state
+            if state not in SERVING:
+                out[name] = (state, reason)
         return out
 
     async def poll_health(self) -> None:
@@ -173,30 +177,30 @@ class Inference:
                         "http://worker/health",
                         timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S),
                     ) as resp:
-                        m.health = await resp.json()
-                except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as err:
+                        m.health = msgspec.json.decode(await resp.read(), type=WorkerHealth)
+                except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError) as err:
                     log.warning("health of %s failed: %s", m.cfg.name, err)
                     m.health = None
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, ModelView]:
         """Per-model state for /status."""
         out = {}
         for name, m in self.models.items():
             state, reason = m.state()
-            h = m.health or {}
-            out[name] = {
-                "kind": str(m.cfg.kind),
-                "state": state,
-                "reason": reason,
-                "pid": m.child.pid if m.child else h.get("pid"),
-                "starts": m.child.starts if m.child else None,
-                "load_seconds": h.get("load_seconds"),
-                "device": h.get("device"),
-                "device_reason": h.get("device_reason"),
-                "cores": h.get("cores", []),
-                "threads": h.get("threads", {}),
-                "stats": h.get("stats", {}),
-            }
+            h, process = m.health, m.known().process
+            out[name] = ModelView(
+                kind=m.cfg.kind,
+                state=state,
+                reason=reason,
+                pid=process.pid if process else h.pid if h else None,
+                starts=process.starts if process else None,
+                load_seconds=h.load_seconds if h else None,
+                device=h.device if h else None,
+                device_reason=h.device_reason if h else None,
+                cores=h.cores if h else [],
+                threads=h.threads if h else {},
+                stats=m.stats,
+            )
         return out
 
     # --- HTTP -----------------------------------------------------------------------------
@@ -295,9 +299,9 @@ class Inference:
         self, request: web.Request, model: Model, body: bytes, streaming: bool
     ) -> web.StreamResponse:
         """Wake the worker if it sleeps (a streaming client hears why it waits), then forward."""
-        child = model.child
-        if child is not None and child.state == "failed":  # in its restart backoff: say why now
-            return _unavailable(model.cfg.name, child.reason or child.state)
+        seen = model.known()
+        if seen.restarting:  # failed, in its restart backoff: say why now
+            return _unavailable(model.cfg.name, seen.reason or "failed")
         if _ready(model):
             return await self._forward(request, model, body)
         resp = None
@@ -349,16 +353,17 @@ class Inference:
                 return ""  # asleep, or being put to sleep: nothing to ask
             with _probing(model):
                 why = await self._ask(model)
-            stats = (model.health or {}).get("stats", {})
-            busy = stats.get("active") or stats.get("queued")
-            if why and busy and stats.get("stalled_seconds", 0.0) < self.config.heal.stall_timeout:
+            stats = model.stats
+            busy = stats.active or stats.queued
+            if why and busy and (stats.stalled_seconds or 0.0) < self.config.heal.stall_timeout:
                 return ""  # slow because it is busy, not hung: its decode steps go on
             return why
         if self.sleeper is not None:
             self.sleeper.begin(model.unit)
         try:
-            if model.child is not None and model.child.state == "failed":
-                return model.child.reason or "failed"
+            seen = model.known()
+            if seen.restarting:  # failed, in its restart backoff: starting it only waits
+                return seen.reason or "failed"
             if not _ready(model) and (why := await self._wake(model)):
                 return why
             return await self._ask(model)
@@ -518,8 +523,7 @@ class Inference:
             if (started := _started(request)) is not None:  # a side hung up mid-stream
                 log.info("stream of %s ended early: %s", model.cfg.name, err)
                 return started
-            if model.child is None:
-                model.health = None
+            model.health = None  # what it last said of itself is stale now
             return _unavailable(model.cfg.name, str(err))
 
     def add_routes(self, app: web.Application) -> None:
@@ -533,15 +537,13 @@ def _ready(model: Model) -> bool:
     """Whether the worker can take a request now (else it has to be woken, or waited for)."""
     if model.sleepable is not None and model.sleepable.stopping:
         return False  # going to sleep: the request waits for the stop, then wakes it
-    if model.child is not None:
-        return model.child.state == "ready"
-    return model.phase in (Phase.AWAKE, Phase.UNKNOWN)
+    # Not known yet: a socket-activated worker, which the request's connection starts.
+    return phase_of(model.known().state) in (Phase.AWAKE, Phase.UNKNOWN)
 
 
 def _awake(model: Model) -> bool:
     """Known to be up, and not being put to sleep: what health requests may be sent to."""
-    up = model.child.state == "ready" if model.child else model.phase is Phase.AWAKE
-    return up and _ready(model)
+    return phase_of(model.known().state) is Phase.AWAKE and _ready(model)
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from cairn.errors import CairnError
 from cairn.inference.types import (
     Chunk,
+    EngineStats,
     FinishReason,
     ModelLoadError,
     PromptTooLong,
@@ -423,7 +424,7 @@ class LlamaEngine:
         if running:
             await req.released.wait()
 
-    def stats(self) -> dict[str, int | float]:
+    def stats(self) -> EngineStats:
         """Counters and gauges for /status and /metrics."""
         now = time.monotonic()
         with self._cond:
@@ -431,20 +432,20 @@ class LlamaEngine:
             busy = sum(s[2] for s in self._steps)
             working = bool(self._waiting or self._active)
             generated = sum(s[1] for s in self._steps)
-            return {
-                "slots": self.slots,
-                "active": len(self._active),
-                "queued": len(self._waiting),
-                "prompt_tokens_total": self._prompt_tokens_total,
-                "completion_tokens_total": self._completion_tokens_total,
-                "requests_total": self._requests_total,
-                "cancelled_total": self._cancelled_total,
+            return EngineStats(
+                slots=self.slots,
+                active=len(self._active),
+                queued=len(self._waiting),
+                prompt_tokens_total=self._prompt_tokens_total,
+                completion_tokens_total=self._completion_tokens_total,
+                requests_total=self._requests_total,
+                cancelled_total=self._cancelled_total,
                 # Generated tokens per second of decode time over the last few seconds: the
                 # speed the model runs at while busy, not diluted by idle time.
-                "tokens_per_second": generated / busy if busy > 0 else 0.0,
+                tokens_per_second=generated / busy if busy > 0 else 0.0,
                 # Seconds the work has stood still: no decode step finished meanwhile.
-                "stalled_seconds": now - self._progress_at if working else 0.0,
-            }
+                stalled_seconds=now - self._progress_at if working else 0.0,
+            )
 
     def _forget_old_steps(self, now: float) -> None:
         while self._steps and now - self._steps[0][0] > _RATE_WINDOW_S:

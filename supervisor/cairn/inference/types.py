@@ -1,10 +1,13 @@
-"""What engines and the worker agree on: request parameters, streamed chunks, typed errors."""
+"""What engines, the worker and the front agree on: requests, chunks, health, typed errors."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
 
+import msgspec
+
+from cairn.config import ModelKind
 from cairn.errors import CairnError
 
 
@@ -57,3 +60,59 @@ class Chunk:
     completion_tokens: int = 0
     timings: Timings | None = None
     token_ids: tuple[int, ...] = field(default=())
+
+
+class ModelState(enum.StrEnum):
+    """A model's worker as /status and the gossip digest name it."""
+
+    STARTING = "starting"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    SOCKET = "socket"  # socket-activated on the first request; not known yet
+    ASLEEP = "asleep"  # stopped when idle, woken by the next request
+
+
+class EngineStats(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A text engine's counters and gauges: all of them, or none ({}) for an embedding worker."""
+
+    slots: int | None = None
+    active: int | None = None  # slots decoding a request
+    queued: int | None = None  # requests waiting for a slot
+    prompt_tokens_total: int | None = None
+    completion_tokens_total: int | None = None
+    requests_total: int | None = None
+    cancelled_total: int | None = None
+    tokens_per_second: float | None = None  # over the last few seconds of decode time
+    stalled_seconds: float | None = None  # work standing still: no decode step finished
+
+
+class WorkerHealth(msgspec.Struct, frozen=True):
+    """What a worker's GET /health says of itself."""
+
+    model: str
+    kind: ModelKind
+    state: ModelState  # a worker that answers is ready
+    pid: int
+    load_seconds: float
+    device: str  # cpu or cuda
+    device_reason: str
+    cores: list[int]  # the compute threads' cores, one each
+    threads: dict[str, list[int]]  # thread id -> allowed cores
+    stats: EngineStats
+
+
+class ModelView(msgspec.Struct, frozen=True):
+    """One model in /status: the front's view of its worker, and the worker's last health."""
+
+    kind: ModelKind
+    state: ModelState
+    reason: str  # why it is not ready; empty otherwise
+    pid: int | None
+    starts: int | None  # worker starts so far (standalone only)
+    load_seconds: float | None
+    device: str | None
+    device_reason: str | None
+    cores: list[int]
+    threads: dict[str, list[int]]
+    stats: EngineStats

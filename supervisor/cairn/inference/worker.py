@@ -25,10 +25,13 @@ from cairn.config import Config, ModelConfig, ModelKind
 from cairn.inference import openai, pinning
 from cairn.inference.types import (
     Chunk,
+    EngineStats,
     ModelLoadError,
+    ModelState,
     PromptTooLong,
     QueueFull,
     SamplingParams,
+    WorkerHealth,
 )
 from cairn.system.sdnotify import Notifier
 
@@ -47,7 +50,7 @@ class Generator(Protocol):
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
     def generate(self, prompt: str, params: SamplingParams) -> AsyncGenerator[Chunk, None]: ...
-    def stats(self) -> dict[str, int | float]: ...
+    def stats(self) -> EngineStats: ...
     def close(self) -> None: ...
 
 
@@ -116,20 +119,20 @@ class Worker:
             return self.load_seconds
         return 0.0
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> WorkerHealth:
         """What /health reports: model, device, pinning, engine counters."""
-        return {
-            "model": self.model.name,
-            "kind": str(self.model.kind),
-            "state": "ready",
-            "pid": os.getpid(),
-            "load_seconds": self.load_seconds,
-            "device": self.device,
-            "device_reason": self.device_reason,
-            "cores": self.cores,
-            "threads": {str(t): c for t, c in pinning.thread_map(os.getpid()).items()},
-            "stats": self.generator.stats() if self.generator else {},
-        }
+        return WorkerHealth(
+            model=self.model.name,
+            kind=self.model.kind,
+            state=ModelState.READY,
+            pid=os.getpid(),
+            load_seconds=self.load_seconds,
+            device=self.device,
+            device_reason=self.device_reason,
+            cores=self.cores,
+            threads={str(t): c for t, c in pinning.thread_map(os.getpid()).items()},
+            stats=self.generator.stats() if self.generator else EngineStats(),
+        )
 
 
 def gpu_layers(wanted: int) -> tuple[int, str]:
@@ -331,7 +334,8 @@ async def embeddings(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     """GET /health: the worker's own view."""
-    return web.json_response(request.app[WORKER].health())
+    health = request.app[WORKER].health()
+    return web.json_response(health, dumps=lambda o: msgspec.json.encode(o).decode())
 
 
 @web.middleware

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from cairn.components import Status
 from cairn.gossip.service import MemberView
 from cairn.identity import Identity
+from cairn.inference.types import ModelView
 from cairn.policy.gate import GateView
 from cairn.policy.sleep import UnitView
 from cairn.state import Incident
@@ -32,7 +33,7 @@ class StatusDocument(msgspec.Struct, frozen=True):
     probe: Snapshot | None
     generation: Generations | None
     generation_reason: str
-    models: dict[str, dict[str, Any]]
+    models: dict[str, ModelView]
     cluster: list[MemberView] | None
     sleep: list[UnitView]
     gate: GateView

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -22,6 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from cairn.inference.types import EngineStats, ModelState
 from cairn.policy.sleep import Phase
 
 if TYPE_CHECKING:
@@ -228,29 +229,36 @@ class NodeCollector(Collector):
         yield from self._gpus(snap)
 
     def _models(self) -> Iterator[Metric]:
-        states = ("starting", "loading", "ready", "failed", "socket", "asleep")
         state = _gauge("model_state", "1 for the model's current state.", ["model", "state"])
-        stats = {
-            "queued": ("model_queue_depth", "Requests waiting for a slot."),
-            "active": ("model_active_slots", "Slots decoding a request."),
-            "slots": ("model_slots", "Slots configured."),
-            "tokens_per_second": ("model_tokens_per_second", "Recent generation rate."),
-        }
-        families = {k: _gauge(n, d, ["model"]) for k, (n, d) in stats.items()}
+        stats: list[tuple[GaugeMetricFamily, Callable[[EngineStats], float | None]]] = [
+            (
+                _gauge("model_queue_depth", "Requests waiting for a slot.", ["model"]),
+                lambda s: s.queued,
+            ),
+            (
+                _gauge("model_active_slots", "Slots decoding a request.", ["model"]),
+                lambda s: s.active,
+            ),
+            (_gauge("model_slots", "Slots configured.", ["model"]), lambda s: s.slots),
+            (
+                _gauge("model_tokens_per_second", "Recent generation rate.", ["model"]),
+                lambda s: s.tokens_per_second,
+            ),
+        ]
         load = _gauge(
             "model_load_seconds", "How long the worker took to load its model.", ["model"]
         )
         for name, m in self.sup.inference.status().items():
-            for st in states:
-                state.add_metric([name, st], 1.0 if m["state"] == st else 0.0)
-            for key, fam in families.items():
-                if key in m["stats"]:
-                    fam.add_metric([name], float(m["stats"][key]))
-            if m["load_seconds"] is not None:
-                load.add_metric([name], m["load_seconds"])
+            for st in ModelState:
+                state.add_metric([name, st], 1.0 if m.state is st else 0.0)
+            for fam, read in stats:
+                if (value := read(m.stats)) is not None:
+                    fam.add_metric([name], float(value))
+            if m.load_seconds is not None:
+                load.add_metric([name], m.load_seconds)
         yield state
         yield load
-        yield from families.values()
+        yield from (fam for fam, _ in stats)
 
     def _gpus(self, snap: Snapshot) -> Iterator[Metric]:
         count = _gauge("gpus", "GPUs NVML can see.")

@@ -81,6 +81,25 @@ class ServiceInfo:
     exec_started: int
 
 
+@dataclass(frozen=True)
+class Process:
+    """A unit's main process, where the backend runs it itself (the standalone children)."""
+
+    pid: int | None  # None while it does not run
+    starts: int  # how often it was started
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    """What a backend knows of a unit now, read without a call: what the front shows and acts on."""
+
+    state: UnitState | None  # None: neither read nor heard of yet (socket-activated, say)
+    reason: str | None = None  # the backend's own words for how it is; None: it has none
+    process: Process | None = None  # None: systemd runs it (the worker reports its own pid)
+    spawned: bool = False  # activating, and its process has not yet said it is loading
+    restarting: bool = False  # failed, and restarting itself after a backoff: a start only waits
+
+
 Watcher = Callable[[UnitState], None]
 
 
@@ -101,6 +120,9 @@ class Units(Protocol):
 
     async def state(self, unit: str) -> UnitState:
         """Its current state."""
+
+    def known(self, unit: str) -> UnitStatus:
+        """What the backend knows of it now, without asking anyone (no I/O, no waiting)."""
 
     async def socket_counters(self, unit: str) -> SocketCounters:
         """A socket unit's counters and listening addresses."""
@@ -143,6 +165,8 @@ class SystemdUnits:
         self._finished: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._watchers: list[Watcher] = []
         self._subscriptions: list[Any] = []
+        # The last state of each unit someone read or asked about, kept true by the signals.
+        self._known: dict[str, UnitState | None] = {}
 
     async def open(self) -> None:
         """Connect, subscribe to the manager's signals, and start the signal thread."""
@@ -225,6 +249,8 @@ class SystemdUnits:
             self._notify(task.result())
 
     def _notify(self, state: UnitState) -> None:
+        if state.name in self._known:
+            self._known[state.name] = state
         for fn in self._watchers:
             try:
                 fn(state)
@@ -330,7 +356,14 @@ class SystemdUnits:
         props = await self._run(lambda: self._get_all(unit, UNIT), f"read {unit}")
         if props.get("LoadState") == "not-found":
             raise UnitError(f"read {unit}: no such unit")
-        return UnitState(unit, str(props["ActiveState"]), str(props["SubState"]))
+        state = self._known[unit] = UnitState(
+            unit, str(props["ActiveState"]), str(props["SubState"])
+        )
+        return state
+
+    def known(self, unit: str) -> UnitStatus:
+        """The state last read or signalled; from now on the signals keep it for this unit."""
+        return UnitStatus(self._known.setdefault(unit, None))
 
     async def socket_counters(self, unit: str) -> SocketCounters:
         """NAccepted, NConnections and Listen of a socket unit."""
