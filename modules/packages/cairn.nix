@@ -29,8 +29,8 @@ let
       throw "cairn package: llamaVariant must be one of ${lib.concatStringsSep ", " variants}, got '${llamaVariant}'";
   ggmlFlags = lib.mapAttrsToList lib.cmakeBool buildFlags.llamaCpp.${checkedVariant};
 
-  # numpy 2.4 raised its default baseline (meson option cpu-baseline=min) to x86-64-v2, which a
-  # Core 2 Duo lacks; nixpkgs' numpy sets no cpu-baseline. The portable variant builds it with
+  # numpy 2.4's default baseline (meson option cpu-baseline=min) is x86-64-v2, which a Core 2
+  # Duo lacks, and nixpkgs' numpy sets no cpu-baseline. The portable variant builds it with
   # the setup args of build-flags.json (meson-python's hook passes mesonFlags as setup-args), for
   # the whole Python package set, so llama-cpp-python, onnx and gguf get this numpy, not a second
   # one. Runtime dispatch (cpu-dispatch) still uses what the CPU has.
