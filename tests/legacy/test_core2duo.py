@@ -5,6 +5,8 @@ or AVX): an instruction the model lacks raises SIGILL, which kills the process. 
 (`make legacy`, part of `make test`) holds the runtime dependencies with llama-cpp-python and
 numpy built from modules/packages/build-flags.json, the file the Nix package reads. Each test
 runs one part of a node's work in that venv under emulation; tests/legacy/probe.py does the work.
+CAIRN_LEGACY_VENV points them at another venv: docs/nix-verification.md's mutation check put a
+llama-cpp-python built with GGML_AVX=ON there, and the generation and embedding died with SIGILL.
 """
 
 from __future__ import annotations
