@@ -15,11 +15,21 @@ CPU_KEY := $(shell grep -m1 '^flags' /proc/cpuinfo | md5sum | cut -c1-12)
 WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cairn/wheels/$(CPU_KEY)
 SDISTS := llama-cpp-python pygobject pycairo systemd-python pydbus
 PIP := $(BIN)/pip install -qq --constraint constraints.txt --find-links $(WHEELS)
+# The legacy node's build (Core 2 Duo: no SSE4.1, no AVX) of what PyPI ships only for newer CPUs:
+# llama-cpp-python and numpy from source with the flags of modules/packages/build-flags.json,
+# the file the Nix package reads too. No -march=native here, so the cache is keyed by that file,
+# the two pins and the Python version, not by this CPU. tests/legacy runs .venv-legacy under
+# qemu-x86_64 -cpu core2duo.
+LEGACY_FLAGS := modules/packages/build-flags.json
+LEGACY_KEY := $(shell { cat $(LEGACY_FLAGS); grep -E '^(numpy|llama_cpp_python)==' constraints.txt; \
+  $(PYTHON) -V; } | md5sum | cut -c1-12)
+LEGACY_WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cairn/legacy-wheels/$(LEGACY_KEY)
+LEGACY_VENV ?= .venv-legacy
 
 RUN_APT := python3 python3-venv python3-dev build-essential cmake pkg-config \
   libsystemd-dev libcairo2-dev libgirepository1.0-dev gir1.2-glib-2.0
 TEST_APT := chromium systemd-container debootstrap iproute2 nftables dbus \
-  nix-bin qemu-system-x86 ipxe-qemu busybox-static cpio dnsmasq-base
+  nix-bin qemu-system-x86 ipxe-qemu busybox-static cpio dnsmasq-base qemu-user
 
 # Install the Debian packages in $(1) that are missing; apt-get runs only when needed.
 define apt_ensure
@@ -37,14 +47,17 @@ define apt_ensure
 endef
 
 .PHONY: run test lint imports typecheck unit integration bench-footprint bench-inference bench-gossip bench-wake apt-run apt-test clean \
-  options-doc
+  options-doc legacy
 
 run: $(VENV)/.run-installed
 	@echo "Starting a Cairn node; it logs its URL (default http://127.0.0.1:8470/). Ctrl-C stops it."
 	$(BIN)/cairn run $(if $(CONFIG),--config $(CONFIG))
 
-test: $(VENV)/.test-installed apt-test lint imports typecheck
+test: $(VENV)/.test-installed $(LEGACY_VENV)/.installed apt-test lint imports typecheck
 	$(BIN)/pytest
+
+# The legacy venv alone; `$(BIN)/pytest tests/legacy` then runs it as a Core 2 Duo.
+legacy: $(LEGACY_VENV)/.installed
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check supervisor tests
@@ -110,6 +123,28 @@ $(WHEELS)/.built: constraints.txt | $(VENV)/bin/python
 	  --wheel-dir $(WHEELS) $(SDISTS)
 	touch $@
 
+# Built in a scratch folder and moved into place, so an interrupted build leaves no half cache.
+# --no-cache-dir: pip's wheel cache is keyed by the sdist alone and would hand back a build made
+# with other flags. Two pip runs, since numpy's setup-args would be refused by llama's backend.
+$(LEGACY_WHEELS)/.built: | $(VENV)/bin/python
+	rm -rf $(LEGACY_WHEELS).part && mkdir -p $(LEGACY_WHEELS).part
+	CMAKE_ARGS="$$($(PYTHON) -m tests.legacy.build_flags cmake portable)" \
+	  $(BIN)/pip wheel -qq --no-deps --no-cache-dir --no-binary llama-cpp-python \
+	  --constraint constraints.txt --wheel-dir $(LEGACY_WHEELS).part llama-cpp-python
+	$(BIN)/pip wheel -qq --no-deps --no-cache-dir --no-binary numpy --constraint constraints.txt \
+	  $$($(PYTHON) -m tests.legacy.build_flags numpy portable) --wheel-dir $(LEGACY_WHEELS).part numpy
+	touch $(LEGACY_WHEELS).part/.built
+	rm -rf $(LEGACY_WHEELS) && mv $(LEGACY_WHEELS).part $(LEGACY_WHEELS)
+
+# The runtime dependencies only; the legacy wheels go in first, so the project's install finds
+# numpy and llama-cpp-python satisfied and takes the rest from PyPI and $(WHEELS).
+$(LEGACY_VENV)/.installed: pyproject.toml constraints.txt $(LEGACY_WHEELS)/.built $(WHEELS)/.built | apt-run
+	rm -rf $(LEGACY_VENV)
+	$(PYTHON) -m venv $(LEGACY_VENV)
+	$(LEGACY_VENV)/bin/pip install -qq --no-deps $(LEGACY_WHEELS)/*.whl
+	$(LEGACY_VENV)/bin/pip install -qq --constraint constraints.txt --find-links $(WHEELS) --editable .
+	touch $@
+
 $(VENV)/.run-installed: pyproject.toml constraints.txt $(WHEELS)/.built | apt-run
 	$(PIP) --editable .
 	touch $@
@@ -119,4 +154,4 @@ $(VENV)/.test-installed: $(VENV)/.run-installed
 	touch $@
 
 clean:
-	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LEGACY_VENV) build .mypy_cache .ruff_cache .pytest_cache

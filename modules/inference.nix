@@ -27,8 +27,10 @@ let
   socketUnits = mapAttrsToList (name: _: "cairn-model@${name}.socket") cfg.models;
 
   gpuHost = lib.elem "nvidia" config.services.xserver.videoDrivers;
-  # ONNX workers pick onnxruntime's CUDA provider by themselves when the package has it.
-  usesGpu = m: gpuHost && (m.kind == "onnx" || m.gpuLayers > 0);
+  # Only GGUF workers offload. The package's onnxruntime is nixpkgs' CPU build (python3Packages
+  # .onnxruntime follows the top-level onnxruntime, whose cudaSupport is config.cudaSupport, off
+  # on every host here), so an ONNX worker gets no device it could not use.
+  usesGpu = m: gpuHost && m.kind == "gguf" && m.gpuLayers > 0;
 
   # The drop-in files are read as serviceConfig by modules/lib/unit-file.nix; the integration
   # tests install the same files verbatim.
@@ -168,9 +170,10 @@ let
         description = ''
           Layers to offload to an NVIDIA GPU (GGUF). The worker offloads only when NVML sees a
           GPU and the package is the CUDA build, and says otherwise in `/status`. On hosts with
-          the NVIDIA driver (`services.xserver.videoDrivers = [ "nvidia" ]`), a worker with
-          gpuLayers > 0, and every ONNX worker, gets the NVIDIA devices (`model-unit-gpu.conf`);
-          all other workers see no device.
+          the NVIDIA driver (`services.xserver.videoDrivers = [ "nvidia" ]`), a GGUF worker with
+          gpuLayers > 0 gets the NVIDIA devices (`model-unit-gpu.conf`); all other workers see
+          no device. ONNX workers run on the CPU everywhere: the package's onnxruntime is built
+          without CUDA.
         '';
       };
 

@@ -1,9 +1,12 @@
 # The cairn supervisor package; llama-cpp-python built portable (no AVX, legacy nodes) or with CUDA.
 {
   lib,
-  python3Packages,
-  # "portable": SSE2 baseline for Core 2 Duo nodes (no SSE4.2/AVX/AVX2/FMA/F16C, GGML_NATIVE off).
-  # "cuda": CUDA on, CPU path at x86-64-v3 (the RTX 4070 workstation has AVX2).
+  python3,
+  # The CUDA package set of this nixpkgs: its flags carry config.cudaCapabilities.
+  cudaPackages ? { },
+  # "portable": Core 2 Duo nodes (SSSE3 at most: no SSE4.1/4.2, AVX, FMA, F16C; GGML_NATIVE off),
+  # numpy with no CPU baseline. "cuda": CUDA on, CPU path at x86-64-v3 (the RTX 4070
+  # workstation has AVX2). Flags: ./build-flags.json.
   llamaVariant ? "portable",
 }:
 let
@@ -14,47 +17,59 @@ let
     builtins.match ''.*__version__ = "([^"]+)".*'' (builtins.readFile (root + "/supervisor/cairn/__init__.py"))
   );
 
-  # Inside Nix builds SOURCE_DATE_EPOCH is set, so ggml's instruction-set options already default
-  # to OFF once GGML_NATIVE is off; they are spelled out so a ggml default change cannot
-  # silently put AVX into the legacy build.
-  x86Features = [
-    "GGML_SSE42"
-    "GGML_AVX"
-    "GGML_AVX2"
-    "GGML_BMI2"
-    "GGML_FMA"
-    "GGML_F16C"
-  ];
-  avx512Features = [
-    "GGML_AVX_VNNI"
-    "GGML_AVX512"
-    "GGML_AVX512_VBMI"
-    "GGML_AVX512_VNNI"
-    "GGML_AVX512_BF16"
-  ];
+  # The CPU flags, shared with the Makefile's legacy wheel build that tests/legacy runs under
+  # qemu-x86_64 -cpu core2duo, so the test checks what ships. Every ggml instruction-set option
+  # is spelled out: a ggml default change cannot silently put AVX into the legacy build.
+  buildFlags = builtins.fromJSON (builtins.readFile ./build-flags.json);
+  variants = lib.attrNames buildFlags.llamaCpp;
+  checkedVariant =
+    if lib.elem llamaVariant variants then
+      llamaVariant
+    else
+      throw "cairn package: llamaVariant must be one of ${lib.concatStringsSep ", " variants}, got '${llamaVariant}'";
+  ggmlFlags = lib.mapAttrsToList lib.cmakeBool buildFlags.llamaCpp.${checkedVariant};
+
+  # numpy 2.4's default baseline (meson option cpu-baseline=min) is x86-64-v2, which a Core 2
+  # Duo lacks, and nixpkgs' numpy sets no cpu-baseline. The portable variant builds it with
+  # the setup args of build-flags.json (meson-python's hook passes mesonFlags as setup-args), for
+  # the whole Python package set, so llama-cpp-python, onnx and gguf get this numpy, not a second
+  # one. Runtime dispatch (cpu-dispatch) still uses what the CPU has.
+  numpyArgs = buildFlags.numpy.${checkedVariant}.setupArgs or [ ];
+  python =
+    if numpyArgs == [ ] then
+      python3
+    else
+      python3.override {
+        self = python;
+        packageOverrides = final: prev: {
+          numpy = prev.numpy.overridePythonAttrs (old: {
+            mesonFlags = (old.mesonFlags or [ ]) ++ numpyArgs;
+          });
+          # nixpkgs defines numpy as numpy_2; both names are this build.
+          numpy_2 = final.numpy;
+        };
+      };
+  python3Packages = python.pkgs;
+
   withCmakeFlags =
     drv: flags:
     drv.overridePythonAttrs (old: {
-      # scikit-build-core's setup hook turns each cmakeFlags entry, in order, into its own
-      # `-Ccmake.args=...` appended to pypaBuildFlags, so these come after the package's own flags
-      # and, for the same variable, the later -D wins.
+      # scikit-build-core's setup hook passes each cmakeFlags entry, in order, after the
+      # package's own flags (as -Ccmake.args=..., or in SKBUILD_CMAKE_ARGS in older nixpkgs), so
+      # for the same variable the later -D wins.
       cmakeFlags = (old.cmakeFlags or [ ]) ++ flags;
     });
 
-  llamaVariants = {
-    portable = withCmakeFlags python3Packages.llama-cpp-python (
-      [ (lib.cmakeBool "GGML_NATIVE" false) ]
-      ++ map (f: lib.cmakeBool f false) (x86Features ++ avx512Features)
-    );
-    cuda = withCmakeFlags (python3Packages.llama-cpp-python.override { cudaSupport = true; }) (
-      [ (lib.cmakeBool "GGML_NATIVE" false) ]
-      ++ map (f: lib.cmakeBool f true) x86Features
-      ++ map (f: lib.cmakeBool f false) avx512Features
-    );
-  };
   llama-cpp-python =
-    llamaVariants.${llamaVariant}
-      or (throw "cairn package: llamaVariant must be one of ${lib.concatStringsSep ", " (lib.attrNames llamaVariants)}, got '${llamaVariant}'");
+    if checkedVariant == "cuda" then
+      withCmakeFlags (python3Packages.llama-cpp-python.override { cudaSupport = true; }) (
+        ggmlFlags
+        # nixpkgs' derivation passes no CUDA architectures, so ggml would build its own default
+        # list; cudaPackages.flags carries nixpkgs' config.cudaCapabilities ("8.9" -> "89").
+        ++ [ (lib.cmakeFeature "CMAKE_CUDA_ARCHITECTURES" cudaPackages.flags.cmakeCudaArchitecturesString) ]
+      )
+    else
+      withCmakeFlags python3Packages.llama-cpp-python ggmlFlags;
 
   # PyPI name -> python3Packages attribute, kept in step with pyproject.toml by
   # tests/nix/test_package_deps.py; llama-cpp-python is the variant above.
@@ -114,6 +129,7 @@ python3Packages.buildPythonApplication {
 
   passthru = {
     inherit llamaVariant llama-cpp-python;
+    inherit (python3Packages) numpy;
   };
 
   meta = {

@@ -10,7 +10,8 @@ from typing import TypedDict
 
 import pytest
 
-from tests.nix import HERE, REPO, nix_eval, nix_eval_file, nix_string
+from tests.legacy.build_flags import ggml_flags, numpy_setup_args
+from tests.nix import HERE, REPO, nix_error, nix_eval, nix_eval_file, nix_string
 
 PYPROJECT = REPO / "pyproject.toml"
 MAPPING = REPO / "modules" / "packages" / "python-deps.nix"
@@ -50,6 +51,7 @@ class Dependency(TypedDict):
     attr: str
     cmakeFlags: list[str]
     cudaSupport: bool
+    mesonFlags: list[str]
 
 
 def package_dependencies(llama_variant: str) -> list[Dependency]:
@@ -93,19 +95,55 @@ def test_the_package_depends_on_exactly_the_mapped_attributes(variant: str) -> N
     assert sorted(attrs) == sorted(mapping().values())
 
 
+def dependency(variant: str, attr: str) -> Dependency:
+    (dep,) = [d for d in package_dependencies(variant) if d["attr"] == attr]
+    return dep
+
+
+@pytest.mark.parametrize("variant", ["portable", "cuda"])
+def test_llama_cpp_python_gets_the_ggml_flags_of_build_flags_json(variant: str) -> None:
+    # The same file the Makefile's legacy wheels are built from (tests/legacy).
+    expected = {f"-D{n}:BOOL={'TRUE' if on else 'FALSE'}" for n, on in ggml_flags(variant).items()}
+    flags = dependency(variant, "llama-cpp-python")["cmakeFlags"]
+    assert {f for f in flags if f.startswith("-DGGML_")} == expected
+
+
 def test_llama_cpp_python_is_the_portable_build_for_the_portable_variant() -> None:
-    (llama,) = [d for d in package_dependencies("portable") if d["attr"] == "llama-cpp-python"]
+    llama = dependency("portable", "llama-cpp-python")
     flags = llama["cmakeFlags"]
+    # A Core 2 Duo has no instruction set ggml can switch on: every option is off.
+    assert [f for f in flags if f.startswith("-DGGML_") and not f.endswith("=FALSE")] == []
     assert "-DGGML_NATIVE:BOOL=FALSE" in flags
     assert "-DGGML_AVX:BOOL=FALSE" in flags
     assert "-DGGML_SSE42:BOOL=FALSE" in flags
+    assert not any(f.startswith("-DCMAKE_CUDA_ARCHITECTURES") for f in flags)
     assert llama["cudaSupport"] is False
 
 
 def test_llama_cpp_python_is_the_cuda_build_for_the_cuda_variant() -> None:
-    (llama,) = [d for d in package_dependencies("cuda") if d["attr"] == "llama-cpp-python"]
+    llama = dependency("cuda", "llama-cpp-python")
     flags = llama["cmakeFlags"]
     assert "-DGGML_NATIVE:BOOL=FALSE" in flags
     assert "-DGGML_AVX2:BOOL=TRUE" in flags
     assert "-DGGML_AVX512:BOOL=FALSE" in flags
     assert llama["cudaSupport"] is True
+
+
+def test_the_cuda_build_targets_the_workstations_cuda_capabilities() -> None:
+    # hosts/rtx4070-workstation/nixpkgs-config.nix: cudaCapabilities = [ "8.9" ], through
+    # cudaPackages.flags as nixpkgs renders it; without it ggml builds its own list of archs.
+    flags = dependency("cuda", "llama-cpp-python")["cmakeFlags"]
+    assert [f for f in flags if "CMAKE_CUDA_ARCHITECTURES" in f] == [
+        "-DCMAKE_CUDA_ARCHITECTURES:STRING=89"
+    ]
+
+
+def test_numpy_is_built_without_a_cpu_baseline_for_the_portable_variant_only() -> None:
+    assert numpy_setup_args("portable") == ["-Dcpu-baseline=none"]
+    assert dependency("portable", "numpy")["mesonFlags"] == numpy_setup_args("portable")
+    assert dependency("cuda", "numpy")["mesonFlags"] == []
+
+
+def test_an_unknown_variant_is_refused_naming_the_known_ones() -> None:
+    err = nix_error(f'import {nix_string(str(PACKAGE_DEPS))} {{ llamaVariant = "avx"; }}')
+    assert "llamaVariant must be one of cuda, portable, got 'avx'" in err
