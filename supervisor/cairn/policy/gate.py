@@ -66,6 +66,8 @@ class Gate:
         failing: Callable[[], Awaitable[list[str]]],
         rollback: Callable[[], Awaitable[None]],
         clock: Callable[[], float] = time.time,
+        *,
+        on_rollback: Callable[[int, str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.window_s = window_s
@@ -80,8 +82,9 @@ class Gate:
         self.numbers: set[int] = set()
         self.status, self.detail = "unavailable", "not read yet"
         self._helpers: set[asyncio.Task[None]] = set()  # manual rollbacks under way
-        # Told of every rollback asked (source generation, what and why): the incident record.
-        self.on_rollback: Callable[[int, str], None] | None = None
+        # Told of every rollback asked (source generation, the gate's detail, what and why):
+        # the incident record.
+        self.on_rollback = on_rollback
 
     def view(self) -> GateView:
         """The gate as /status shows it."""
@@ -229,7 +232,8 @@ class Gate:
     async def _ask_helper(self) -> None:
         if (req := self.state.rollback) is not None and self.on_rollback is not None:
             how = "by hand" if req.manual else "it failed its confirm window"
-            self.on_rollback(req.source, f"rollback to generation {req.target} ({how})")
+            done = f"rollback to generation {req.target} ({how})"
+            self.on_rollback(req.source, self.detail, done)
         try:
             await self.rollback()
         except CairnError as err:  # the helper refused or failed: its journal says why

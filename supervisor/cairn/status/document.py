@@ -47,7 +47,7 @@ def incidents(sup: Supervisor) -> list[Incident]:
     """The open incidents, then the most recently closed ones, newest first."""
     every = sup.store.state.incidents
     closed = sorted((i for i in every if i.closed is not None), key=lambda i: -(i.closed or 0))
-    return sorted(sup.healer.open(), key=lambda i: -i.since) + closed[:RECENT_INCIDENTS]
+    return sorted(sup.incidents.open(), key=lambda i: -i.since) + closed[:RECENT_INCIDENTS]
 
 
 def build(sup: Supervisor) -> StatusDocument:

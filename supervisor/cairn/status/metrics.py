@@ -92,12 +92,12 @@ class NodeCollector(Collector):
     def _heal(self) -> Iterator[Metric]:
         sup = self.sup
         opened = _gauge("incidents_open", "Open incidents, by check.", ["check"])
-        for check, n in sorted(collections.Counter(i.check for i in sup.healer.open()).items()):
+        for check, n in sorted(collections.Counter(i.check for i in sup.incidents.open()).items()):
             opened.add_metric([check], n)
         fixes = CounterMetricFamily(
             "cairn_fix_attempts", "Fix attempts, by fix and check.", labels=["check", "fix"]
         )
-        for (fix, check), n in sorted(sup.healer.fix_attempts.items()):
+        for (fix, check), n in sorted(sup.incidents.fix_attempts.items()):
             fixes.add_metric([check, fix], n)
         yield from (opened, fixes)
         ladder = sup.ladder
