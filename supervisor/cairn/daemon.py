@@ -1,4 +1,4 @@
-"""The supervisor daemon: wires config, probe, scheduler, status API and systemd notification."""
+"""The supervisor daemon, the composition root: builds every part, runs the scheduler and APIs."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from cairn import __version__, guard, operator
 from cairn.auth import read_token
@@ -24,15 +26,18 @@ from cairn.errors import CairnError, ConfigError, StateError
 from cairn.gossip.digest import SUSPENDED, ModelDigest, NodeDigest
 from cairn.gossip.digest import encode as encode_digest
 from cairn.gossip.keyring import Keyring
-from cairn.gossip.service import Cluster
+from cairn.gossip.service import Cluster, GossipCollector
+from cairn.guard import ConnectionsCollector
 from cairn.identity import of_this_machine
 from cairn.inference.front import Inference, gpu_units, sleepables, worker_units
+from cairn.inference.metrics import InferenceCollector
 from cairn.inference.types import ModelState
-from cairn.policy.gate import Gate, GateError
+from cairn.policy.gate import Gate, GateCollector, GateError, selected_generation
 from cairn.policy.heal import (
     Check,
     DiskFull,
     GpuHot,
+    HealCollector,
     Healer,
     Incidents,
     MemoryLow,
@@ -43,12 +48,12 @@ from cairn.policy.heal import (
     UnitFailed,
 )
 from cairn.policy.power import may_suspend
-from cairn.policy.sleep import Kind, Phase, Sleepable, Sleeper
-from cairn.policy.thermal import Reading, ThermalGuard
+from cairn.policy.sleep import Kind, Phase, Sleepable, SleepCollector, Sleeper
+from cairn.policy.thermal import Reading, ThermalCollector, ThermalGuard
 from cairn.state import StateFile, Store
 from cairn.status.app import create_app
-from cairn.system.generations import Generations
-from cairn.system.probe import Probe, Snapshot
+from cairn.status.document import StatusDocument
+from cairn.system.probe import Probe, Snapshot, SnapshotCollector
 from cairn.system.sdnotify import Notifier
 from cairn.system.units import SystemdUnits, UnitError, Units, unit_of
 from cairn.system.wol import mac_of
@@ -65,8 +70,6 @@ SUSPEND_BACKOFF_S = (
     600.0  # after a suspend that failed  # how often an idle node asks whether it may suspend
 )
 MODEL_WATCH_S = 1.0  # worker states change on notify; this only refreshes /health and readiness
-
-
 NOW = timedelta(0)  # a job's first run: at once
 
 
@@ -81,7 +84,7 @@ class Job:
 
 
 class Supervisor:
-    """One node's daemon; everything the status API shows hangs off this object."""
+    """One node's daemon: builds the parts in order, each from those below; shows their views."""
 
     def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
@@ -257,15 +260,46 @@ class Supervisor:
         """Seconds since the daemon started."""
         return time.monotonic() - self._started_mono
 
-    @property
-    def generation(self) -> Generations | None:
-        """The NixOS generations as the gate last read them (every GATE_EVERY_S)."""
-        return self.gate.generations
+    def view(self) -> StatusDocument:
+        """The /status document: every part's view."""
+        return StatusDocument(
+            node=self.identity,
+            version=self.version,
+            started_at=self.started_at,
+            uptime_seconds=round(self.uptime(), 3),
+            config_digest=self.config_digest,
+            ready=self.components.ready(),
+            components=self.components.snapshot(),
+            probe=self.snapshot,
+            generation=self.gate.generations,  # as the gate last read them (every GATE_EVERY_S)
+            generation_reason=self.gate.reason,
+            models=self.inference.view(),
+            cluster=self.cluster.view() if self.cluster else None,
+            sleep=self.sleeper.view(),
+            gate=self.gate.view(),
+            incidents=self.incidents.view(),
+        )
 
-    @property
-    def generation_reason(self) -> str:
-        """Why `generation` is None; empty otherwise."""
-        return self.gate.reason
+    def collectors(self) -> list[Collector]:
+        """Every part's metrics collector, this daemon's own first."""
+        listeners = [self.connections]
+        if self.cluster is not None:
+            listeners.append(self.cluster.transport.limits)
+        parts: list[Collector] = [
+            _DaemonCollector(self),
+            SnapshotCollector(lambda: self.snapshot),
+            InferenceCollector(self.inference),
+        ]
+        if self.cluster is not None:
+            parts.append(GossipCollector(self.cluster))
+        return [
+            *parts,
+            SleepCollector(self.sleeper),
+            HealCollector(self.incidents, self.ladder),
+            ThermalCollector(self.thermal),
+            ConnectionsCollector(listeners),
+            GateCollector(self.gate),
+        ]
 
     async def probe_once(self) -> None:
         """Take one snapshot off the loop and publish it; a failing or hung probe degrades."""
@@ -314,7 +348,7 @@ class Supervisor:
         """The health digest this node gossips to its peers."""
         snap = self.snapshot
         models = {}
-        for name, view in self.inference.status().items():
+        for name, view in self.inference.view().items():
             cfg = self.config.model(name)
             assert cfg is not None
             s = view.stats
@@ -325,13 +359,11 @@ class Supervisor:
                 s.queued or 0,
                 cfg.queue,
             )
-        gen = self.generation
-        current = [g.number for g in gen.profiles if g.current] if gen else []
         gpu = snap.gpus[0] if snap and snap.gpus else None
         return NodeDigest(
             api_port=self.config.api.port,
             version=self.version,
-            generation=current[0] if current else None,
+            generation=selected_generation(self.gate.generations),
             load1=snap.load[0] if snap else 0.0,
             memory_available=snap.memory.available_bytes if snap else 0,
             memory_total=snap.memory.total_bytes if snap else 0,
@@ -526,6 +558,29 @@ class Supervisor:
             self.probe.stop()
         else:
             log.warning("a probe is still running; leaving NVML to process exit")
+
+
+class _DaemonCollector(Collector):
+    """The daemon's own metrics: its components' readiness, and its probe rounds."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def collect(self) -> Iterator[Metric]:
+        """Readiness per component; probe rounds attempted and failed."""
+        sup = self.sup
+        ready = GaugeMetricFamily(
+            "cairn_component_ready", "1 when the component is ready, else 0.", labels=["component"]
+        )
+        for name, st in sup.components.snapshot().items():
+            ready.add_metric([name], 1.0 if st.state == "ready" else 0.0)
+        yield ready
+        runs = CounterMetricFamily("cairn_probe_runs", "Probe rounds attempted.")
+        runs.add_metric([], sup.probe_runs)
+        yield runs
+        fails = CounterMetricFamily("cairn_probe_failures", "Probe rounds that failed.")
+        fails.add_metric([], sup.probe_failures)
+        yield fails
 
 
 def run(config: Config) -> int:

@@ -226,7 +226,7 @@ class Inference:
                     log.warning("health of %s failed: %s", m.cfg.name, err)
                     m.health = None
 
-    def status(self) -> dict[str, ModelView]:
+    def view(self) -> dict[str, ModelView]:
         """Per-model state for /status."""
         out = {}
         for name, m in self.models.items():

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from cairn.background import run_in_daemon_thread
 from cairn.errors import CairnError
@@ -45,6 +47,12 @@ class GateView(msgspec.Struct, frozen=True):
     bad: list[int]
     window: Window | None
     rollback: Rollback | None
+
+
+def selected_generation(gens: Generations | None) -> int | None:
+    """The number of the generation the system profile selects, if any."""
+    current = [g.number for g in gens.profiles if g.current] if gens else []
+    return current[0] if current else None
 
 
 def current_generation(gens: Generations) -> int | None:
@@ -289,3 +297,20 @@ class Gate:
         self._helpers.add(task)
         task.add_done_callback(self._helpers.discard)
         return target
+
+
+class GateCollector(Collector):
+    """The generation the gate last read, at scrape time."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        """The selected NixOS generation (no sample when there is none)."""
+        gen = GaugeMetricFamily(
+            "cairn_nixos_generation",
+            "Number of the NixOS generation the system profile selects.",
+        )
+        if (number := selected_generation(self.gate.generations)) is not None:
+            gen.add_metric([], number)
+        yield gen

@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import psutil
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from cairn.policy.thermal import Reading
 from cairn.state import INCIDENTS_KEPT, Incident, Store
@@ -31,6 +33,7 @@ FIXES_KEPT = 20  # fix attempts kept per incident, newest last
 HOUR_S = 3600.0
 FLAP_WINDOW_S = 600.0  # this many restarts by systemd within this window is flapping
 FLAP_RESTARTS = 3
+RECENT_INCIDENTS = 20  # closed incidents shown in /status, the newest
 
 
 @dataclass(frozen=True)
@@ -359,6 +362,12 @@ class Incidents:
         """The open incidents, oldest first."""
         return [i for i in self.store.state.incidents if i.closed is None]
 
+    def view(self) -> list[Incident]:
+        """The open incidents, then the most recently closed ones, newest first (/status)."""
+        every = self.store.state.incidents
+        closed = sorted((i for i in every if i.closed is not None), key=lambda i: -(i.closed or 0))
+        return sorted(self.open(), key=lambda i: -i.since) + closed[:RECENT_INCIDENTS]
+
     def record(self, check: str, subject: str, detail: str, fix: str, done: str) -> None:
         """An automatic fix that ran outside the rounds (the gate's rollback): into its incident."""
         inc = next((i for i in self.open() if i.check == check and i.subject == subject), None)
@@ -441,3 +450,42 @@ class Healer:
                 if fix is not None:
                     fix.resolved(subject)
         return changed
+
+
+class HealCollector(Collector):
+    """The incidents' and the restart ladder's metrics, read at scrape time."""
+
+    def __init__(self, incidents: Incidents, ladder: RestartLadder | None) -> None:
+        self.incidents = incidents
+        self.ladder = ladder
+
+    def collect(self) -> Iterator[Metric]:
+        """Open incidents and fix attempts; restarts, resets and give-ups by unit."""
+        opened = GaugeMetricFamily(
+            "cairn_incidents_open", "Open incidents, by check.", labels=["check"]
+        )
+        for check, n in sorted(Counter(i.check for i in self.incidents.open()).items()):
+            opened.add_metric([check], n)
+        fixes = CounterMetricFamily(
+            "cairn_fix_attempts", "Fix attempts, by fix and check.", labels=["check", "fix"]
+        )
+        for (fix, check), n in sorted(self.incidents.fix_attempts.items()):
+            fixes.add_metric([check, fix], n)
+        yield from (opened, fixes)
+        ladder = self.ladder
+        if ladder is None:
+            return
+        restarts = CounterMetricFamily(
+            "cairn_unit_restarts", "Restarts by the escalation ladder.", labels=["unit"]
+        )
+        resets = CounterMetricFamily(
+            "cairn_unit_resets", "reset-failed after systemd's start limit.", labels=["unit"]
+        )
+        gave_up = GaugeMetricFamily(
+            "cairn_unit_given_up", "1 once the ladder left the unit stopped.", labels=["unit"]
+        )
+        for unit in sorted(ladder.rungs):
+            restarts.add_metric([unit], ladder.restarts[unit])
+            resets.add_metric([unit], ladder.resets[unit])
+            gave_up.add_metric([unit], 1.0 if ladder.gave_up(unit) else 0.0)
+        yield from (restarts, resets, gave_up)
