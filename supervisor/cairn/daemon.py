@@ -1,4 +1,4 @@
-"""The supervisor daemon: wires config, probe, scheduler, status API and systemd notification."""
+"""The supervisor daemon, the composition root: builds every part, runs the scheduler and APIs."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from cairn import __version__, guard, operator
 from cairn.auth import read_token
@@ -22,16 +26,20 @@ from cairn.errors import CairnError, ConfigError, StateError
 from cairn.gossip.digest import SUSPENDED, ModelDigest, NodeDigest
 from cairn.gossip.digest import encode as encode_digest
 from cairn.gossip.keyring import Keyring
-from cairn.gossip.service import Cluster
+from cairn.gossip.service import Cluster, GossipCollector
+from cairn.guard import ConnectionsCollector
 from cairn.identity import of_this_machine
-from cairn.inference.front import Inference
+from cairn.inference.front import Inference, gpu_units, sleepables, worker_units
+from cairn.inference.metrics import InferenceCollector
 from cairn.inference.types import ModelState
-from cairn.policy.gate import Gate, GateError
+from cairn.policy.gate import Gate, GateCollector, GateError, selected_generation
 from cairn.policy.heal import (
     Check,
     DiskFull,
     GpuHot,
+    HealCollector,
     Healer,
+    Incidents,
     MemoryLow,
     ModelProbe,
     NoPeer,
@@ -40,14 +48,14 @@ from cairn.policy.heal import (
     UnitFailed,
 )
 from cairn.policy.power import may_suspend
-from cairn.policy.sleep import Kind, Phase, Sleepable, Sleeper
-from cairn.policy.thermal import Reading, ThermalGuard
+from cairn.policy.sleep import Kind, Phase, Sleepable, SleepCollector, Sleeper
+from cairn.policy.thermal import Reading, ThermalCollector, ThermalGuard
 from cairn.state import StateFile, Store
 from cairn.status.app import create_app
-from cairn.system.generations import Generations
-from cairn.system.probe import Probe, Snapshot
+from cairn.status.document import StatusDocument
+from cairn.system.probe import Probe, Snapshot, SnapshotCollector
 from cairn.system.sdnotify import Notifier
-from cairn.system.units import SystemdUnits, UnitError, Units
+from cairn.system.units import SystemdUnits, UnitError, Units, unit_of
 from cairn.system.wol import mac_of
 
 log = logging.getLogger(__name__)
@@ -55,17 +63,28 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 3.0  # in-flight HTTP requests get this long; the whole stop stays under 5 s
 DIGEST_EVERY_S = 1.0  # a changed digest goes out within this; an unchanged one is refreshed
 DIGEST_REFRESH_S = 30.0
-FIRST_PROBE_MAX_S = 1.0  # the first round comes soon, whatever the interval: readiness waits on it
+FIRST_PROBE_MAX_S = 1.0  # the first round comes soon, whatever the interval
 GATE_EVERY_S = 2.0  # how often the generation gate looks (a switch is seen within this)
 POWER_EVERY_S = 10.0
 SUSPEND_BACKOFF_S = (
     600.0  # after a suspend that failed  # how often an idle node asks whether it may suspend
 )
 MODEL_WATCH_S = 1.0  # worker states change on notify; this only refreshes /health and readiness
+NOW = timedelta(0)  # a job's first run: at once
+
+
+@dataclass(frozen=True)
+class Job:
+    """One periodic task of the daemon."""
+
+    name: str
+    tick: Callable[[], Awaitable[None]]
+    every: float  # seconds between runs
+    first: timedelta | None = None  # from the start to the first run; None: one interval
 
 
 class Supervisor:
-    """One node's daemon; everything the status API shows hangs off this object."""
+    """One node's daemon: builds the parts in order, each from those below; shows their views."""
 
     def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
@@ -77,6 +96,9 @@ class Supervisor:
         self.state_dir = Path(config.node.state_dir)
         self.operator_socket = self.state_dir / operator.SOCKET_NAME
         self.probe = Probe(self.state_dir, Path(config.probe.nix_profiles))
+        self.snapshot: Snapshot | None = None
+        self.probe_runs = 0
+        self.probe_failures = 0
         # systemd on the system bus: for socket-activated workers and for sleepable services.
         systemd = (
             config.inference.workers is WorkerManager.SYSTEMD
@@ -85,92 +107,93 @@ class Supervisor:
             or config.heal.critical_units
         )
         self.systemd = SystemdUnits() if systemd else None
-        self.inference = Inference(config, self.state_dir / "run", self.systemd)
-        self.sleeper = self._sleeper()
         # Reads the key file: a missing or bad one stops the start here, with its reason.
         self.cluster = Cluster(config.gossip, config.node.name) if config.gossip else None
         self.api_token = read_token(config.api.token_file) if config.api.token_file else None
         self.connections = guard.ConnectionLimits.for_api()
-        self.inference.cluster = self.cluster
+        run_dir = self.state_dir / "run"
+        workers = worker_units(config, run_dir, self.systemd)
+        services = [
+            Sleepable(svc.unit, Kind.SERVICE, svc.ttl, self.systemd, svc.socket)
+            for svc in config.sleep.services
+            if self.systemd is not None  # always, when there are services
+        ]
+        self.sleeper = Sleeper(config.sleep, [*sleepables(config, workers), *services])
+        heal = config.heal
+        self.thermal = ThermalGuard(
+            self._gpu_readings,
+            workers,
+            gpu_units(config),
+            heal.gpu_pause_celsius,
+            heal.gpu_resume_celsius,
+            heal.gpu_pause_after,
+        )
+        self.inference = Inference(
+            config,
+            run_dir,
+            workers,
+            sleeper=self.sleeper,
+            cluster=self.cluster,
+            thermal=self.thermal,
+        )
         self.store = Store(
             StateFile(self.state_dir / "state.json"),
             lambda error: self.components.set(
                 "state", State.DEGRADED if error else State.READY, error
             ),
         )
+        incidents = self.incidents = Incidents(self.store)
         self.gate = Gate(
             self.store,
-            config.heal.confirm_window,
+            heal.confirm_window,
             self.identity.boot_id or "",
             self.probe.generation,
             self.critical_failing,
             self._start_rollback,
+            on_rollback=lambda generation, detail, done: incidents.record(
+                Unconfirmed.name, f"generation {generation}", detail, "rollback", done
+            ),
         )
-        self.ladder, self.healer = self._healer()
-        self.gate.on_rollback = lambda generation, done: self.healer.record(
-            Unconfirmed.name, f"generation {generation}", self.gate.detail, "rollback", done
-        )
-        gpu_units = [m.unit for m in self.inference.models.values() if m.cfg.gpu_layers > 0]
-        heal = config.heal
-        self.thermal = ThermalGuard(
-            self._gpu_readings,
-            self.inference.units,
-            gpu_units,
-            heal.gpu_pause_celsius,
-            heal.gpu_resume_celsius,
-            heal.gpu_pause_after,
-        )
-        self.inference.paused = self.thermal.paused_units
+        self.ladder = self._ladder(self.systemd) if self.systemd is not None else None
+        self.healer = Healer(incidents, self._checks(workers))
         self.power = "on"  # "suspended" while this node leaves the cluster to suspend
         self.mac = config.power.mac
         self._suspend_again_at = 0.0
         self._digest_sent: tuple[bytes, float] = (b"", 0.0)
-        self.snapshot: Snapshot | None = None
-        self.probe_runs = 0
-        self.probe_failures = 0
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self._inflight: asyncio.Future[Snapshot] | None = None
         self._inflight_since = 0.0
         self._status_text = ""
 
-    def _sleeper(self) -> Sleeper:
-        units = []
-        for m in self.inference.models.values():
-            m.sleepable = Sleepable(m.unit, Kind.MODEL, m.cfg.idle_ttl, self.inference.units)
-            units.append(m.sleepable)
-        for svc in self.config.sleep.services:
-            assert self.systemd is not None
-            units.append(Sleepable(svc.unit, Kind.SERVICE, svc.ttl, self.systemd, svc.socket))
-        sleeper = self.inference.sleeper = Sleeper(self.config.sleep, units)
-        return sleeper
+    def _ladder(self, units: Units) -> RestartLadder:
+        heal = self.config.heal
+        return RestartLadder(
+            units,
+            backoff=(min(1.0, heal.restart_backoff_max), heal.restart_backoff_max),
+            cooldown=heal.reset_cooldown,
+            resets_per_hour=heal.resets_per_hour,
+            hold=lambda unit: unit in self.thermal.paused_units,
+        )
 
-    def _healer(self) -> tuple[RestartLadder | None, Healer]:
-        heal, models = self.config.heal, self.inference.models.values()
-        systemd_workers = self.config.inference.workers is WorkerManager.SYSTEMD
-
-        def ladder_of(units: Units) -> RestartLadder:
-            return RestartLadder(
-                units,
-                backoff=(min(1.0, heal.restart_backoff_max), heal.restart_backoff_max),
-                cooldown=heal.reset_cooldown,
-                resets_per_hour=heal.resets_per_hour,
-                hold=lambda unit: unit in self.inference.paused,
-            )
-
-        ladder = ladder_of(self.systemd) if self.systemd is not None else None
+    def _checks(self, workers: Units) -> list[Check]:
+        """The healer's checks, over the parts built before it."""
+        heal, config = self.config.heal, self.config
+        models = [unit_of(m.name) for m in config.models]
+        systemd_workers = config.inference.workers is WorkerManager.SYSTEMD
         # A worker that hangs (stopped, deadlocked) never exits, so nothing restarts it but the
         # healer: standalone children climb the same ladder as systemd's workers.
-        worker_ladder = ladder if systemd_workers else ladder_of(self.inference.units)
-        watched = [*heal.critical_units, *(m.unit for m in models if systemd_workers)]
+        worker_ladder = self.ladder if systemd_workers else self._ladder(workers)
+        watched = [*heal.critical_units, *(models if systemd_workers else [])]
         checks: list[Check] = []
         if self.systemd is not None and watched:
             # A critical unit that sleeps when idle must only not fail.
-            sleepable = {svc.unit for svc in self.config.sleep.services}
+            sleepable = {svc.unit for svc in config.sleep.services}
             must_run = frozenset(heal.critical_units) - sleepable
-            checks.append(UnitFailed(self.systemd, lambda: watched, ladder, must_run))
+            checks.append(UnitFailed(self.systemd, lambda: watched, self.ladder, must_run))
         if not systemd_workers and models:  # children restart themselves: only report
-            checks.append(UnitFailed(self.inference.units, lambda: [m.unit for m in models], None))
+            checks.append(UnitFailed(workers, lambda: models, None))
+        gate = self.gate
         checks += [
             ModelProbe(
                 lambda name: self.inference.probe(name, wake=False),
@@ -180,12 +203,30 @@ class Supervisor:
             DiskFull(self.state_dir, heal.disk_min_free),
             MemoryLow(heal.memory_min_mb << 20),
             GpuHot(self._gpu_readings, heal.gpu_warn_celsius, heal.gpu_warn_memory),
-            Unconfirmed(lambda: (self.gate.current, self.gate.status, self.gate.detail)),
+            Unconfirmed(lambda: (gate.current, gate.status, gate.detail)),
         ]
         if self.cluster is not None and self.cluster.cfg.join:
             cluster = self.cluster
             checks.append(NoPeer(lambda: cluster.member.live_count() if cluster.member else 0))
-        return ladder, Healer(self.store, checks)
+        return checks
+
+    def jobs(self) -> list[Job]:
+        """The periodic work, one row per job: what runs, how often, and whether it runs here."""
+        cfg, gossip = self.config, self.cluster is not None
+        first_probe = min(cfg.probe.interval, FIRST_PROBE_MAX_S)  # readiness waits on it
+        table = [
+            (Job("power", self.power_tick, POWER_EVERY_S), gossip and cfg.power.enable),
+            (Job("gossip", self.gossip_tick, DIGEST_EVERY_S, NOW), gossip),
+            (Job("gate", self.gate.tick, GATE_EVERY_S, NOW), True),
+            (Job("heal", self.heal_tick, cfg.heal.interval), True),
+            (
+                Job("probe", self.probe_once, cfg.probe.interval, timedelta(seconds=first_probe)),
+                True,
+            ),
+            (Job("sleep", self.sleeper.tick, cfg.sleep.interval), bool(self.sleeper.units)),
+            (Job("models", self.watch_models, MODEL_WATCH_S, NOW), bool(cfg.models)),
+        ]
+        return [job for job, runs in table if runs]
 
     def _gpu_readings(self) -> list[Reading]:
         snap = self.snapshot
@@ -219,15 +260,46 @@ class Supervisor:
         """Seconds since the daemon started."""
         return time.monotonic() - self._started_mono
 
-    @property
-    def generation(self) -> Generations | None:
-        """The NixOS generations as the gate last read them (every GATE_EVERY_S)."""
-        return self.gate.generations
+    def view(self) -> StatusDocument:
+        """The /status document: every part's view."""
+        return StatusDocument(
+            node=self.identity,
+            version=self.version,
+            started_at=self.started_at,
+            uptime_seconds=round(self.uptime(), 3),
+            config_digest=self.config_digest,
+            ready=self.components.ready(),
+            components=self.components.snapshot(),
+            probe=self.snapshot,
+            generation=self.gate.generations,  # as the gate last read them (every GATE_EVERY_S)
+            generation_reason=self.gate.reason,
+            models=self.inference.view(),
+            cluster=self.cluster.view() if self.cluster else None,
+            sleep=self.sleeper.view(),
+            gate=self.gate.view(),
+            incidents=self.incidents.view(),
+        )
 
-    @property
-    def generation_reason(self) -> str:
-        """Why `generation` is None; empty otherwise."""
-        return self.gate.reason
+    def collectors(self) -> list[Collector]:
+        """Every part's metrics collector, this daemon's own first."""
+        listeners = [self.connections]
+        if self.cluster is not None:
+            listeners.append(self.cluster.transport.limits)
+        parts: list[Collector] = [
+            _DaemonCollector(self),
+            SnapshotCollector(lambda: self.snapshot),
+            InferenceCollector(self.inference),
+        ]
+        if self.cluster is not None:
+            parts.append(GossipCollector(self.cluster))
+        return [
+            *parts,
+            SleepCollector(self.sleeper),
+            HealCollector(self.incidents, self.ladder),
+            ThermalCollector(self.thermal),
+            ConnectionsCollector(listeners),
+            GateCollector(self.gate),
+        ]
 
     async def probe_once(self) -> None:
         """Take one snapshot off the loop and publish it; a failing or hung probe degrades."""
@@ -276,7 +348,7 @@ class Supervisor:
         """The health digest this node gossips to its peers."""
         snap = self.snapshot
         models = {}
-        for name, view in self.inference.status().items():
+        for name, view in self.inference.view().items():
             cfg = self.config.model(name)
             assert cfg is not None
             s = view.stats
@@ -287,13 +359,11 @@ class Supervisor:
                 s.queued or 0,
                 cfg.queue,
             )
-        gen = self.generation
-        current = [g.number for g in gen.profiles if g.current] if gen else []
         gpu = snap.gpus[0] if snap and snap.gpus else None
         return NodeDigest(
             api_port=self.config.api.port,
             version=self.version,
-            generation=current[0] if current else None,
+            generation=selected_generation(self.gate.generations),
             load1=snap.load[0] if snap else 0.0,
             memory_available=snap.memory.available_bytes if snap else 0,
             memory_total=snap.memory.total_bytes if snap else 0,
@@ -301,7 +371,7 @@ class Supervisor:
             gpu_util=gpu.utilization_ratio if gpu else None,
             models=models,
             sleeping=self.sleeper.asleep(),
-            incidents=len(self.healer.open()),
+            incidents=len(self.incidents.open()),
             power=self.power,
             mac=self.mac,
         )
@@ -440,68 +510,17 @@ class Supervisor:
                             "power: no MAC for %s; this node never suspends",
                             self.cluster.advertise(),
                         )
-                    scheduler.add_job(
-                        self.power_tick,
-                        "interval",
-                        seconds=POWER_EVERY_S,
-                        id="power",
-                        max_instances=1,
-                        coalesce=True,
-                    )
+            now = datetime.now().astimezone()
+            for job in self.jobs():
+                first = {} if job.first is None else {"next_run_time": now + job.first}
                 scheduler.add_job(
-                    self.gossip_tick,
+                    job.tick,
                     "interval",
-                    seconds=DIGEST_EVERY_S,
-                    id="gossip",
-                    next_run_time=datetime.now().astimezone(),
+                    seconds=job.every,
+                    id=job.name,
                     max_instances=1,
                     coalesce=True,
-                )
-            scheduler.add_job(
-                self.gate.tick,
-                "interval",
-                seconds=GATE_EVERY_S,
-                id="gate",
-                next_run_time=datetime.now().astimezone(),
-                max_instances=1,
-                coalesce=True,
-            )
-            scheduler.add_job(
-                self.heal_tick,
-                "interval",
-                seconds=self.config.heal.interval,
-                id="heal",
-                max_instances=1,
-                coalesce=True,
-            )
-            first = min(self.config.probe.interval, FIRST_PROBE_MAX_S)
-            scheduler.add_job(
-                self.probe_once,
-                "interval",
-                seconds=self.config.probe.interval,
-                next_run_time=datetime.now().astimezone() + timedelta(seconds=first),
-                id="probe",
-                max_instances=1,
-                coalesce=True,
-            )
-            if self.sleeper.units:
-                scheduler.add_job(
-                    self.sleeper.tick,
-                    "interval",
-                    seconds=self.config.sleep.interval,
-                    id="sleep",
-                    max_instances=1,
-                    coalesce=True,
-                )
-            if self.config.models:
-                scheduler.add_job(
-                    self.watch_models,
-                    "interval",
-                    seconds=MODEL_WATCH_S,
-                    id="models",
-                    next_run_time=datetime.now().astimezone(),
-                    max_instances=1,
-                    coalesce=True,
+                    **first,
                 )
             scheduler.start()
             if not stop.is_set():
@@ -539,6 +558,29 @@ class Supervisor:
             self.probe.stop()
         else:
             log.warning("a probe is still running; leaving NVML to process exit")
+
+
+class _DaemonCollector(Collector):
+    """The daemon's own metrics: its components' readiness, and its probe rounds."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def collect(self) -> Iterator[Metric]:
+        """Readiness per component; probe rounds attempted and failed."""
+        sup = self.sup
+        ready = GaugeMetricFamily(
+            "cairn_component_ready", "1 when the component is ready, else 0.", labels=["component"]
+        )
+        for name, st in sup.components.snapshot().items():
+            ready.add_metric([name], 1.0 if st.state == "ready" else 0.0)
+        yield ready
+        runs = CounterMetricFamily("cairn_probe_runs", "Probe rounds attempted.")
+        runs.add_metric([], sup.probe_runs)
+        yield runs
+        fails = CounterMetricFamily("cairn_probe_failures", "Probe rounds that failed.")
+        fails.add_metric([], sup.probe_failures)
+        yield fails
 
 
 def run(config: Config) -> int:

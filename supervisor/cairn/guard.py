@@ -9,11 +9,13 @@ import logging
 import resource
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeAlias
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -265,3 +267,26 @@ def quiet_floods() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RepeatFilter) for f in logger.filters):
             logger.addFilter(RepeatFilter())
+
+
+class ConnectionsCollector(Collector):
+    """Open and refused connections of every listener, at scrape time."""
+
+    def __init__(self, listeners: list[ConnectionLimits]) -> None:
+        self.listeners = listeners
+
+    def collect(self) -> Iterator[Metric]:
+        """Open connections, and refusals by reason, per listener."""
+        opened = GaugeMetricFamily(
+            "cairn_connections_open", "Open inbound TCP connections.", labels=["listener"]
+        )
+        refused = CounterMetricFamily(
+            "cairn_connections_refused",
+            "Inbound connections closed at once: over a cap per client, or in all.",
+            labels=["listener", "reason"],
+        )
+        for limits in self.listeners:
+            opened.add_metric([limits.name], limits.open_total)
+            for reason in ("per_client", "total"):
+                refused.add_metric([limits.name, reason], limits.refused[reason])
+        yield from (opened, refused)

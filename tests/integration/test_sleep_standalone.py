@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from cairn import config
 from cairn.inference import demo_gguf
-from cairn.inference.front import Inference
-from cairn.policy.sleep import Kind, Phase, Sleepable, Sleeper
+from cairn.inference.front import Inference, sleepables, worker_units
+from cairn.policy.sleep import Phase, Sleepable, Sleeper
 
 TTL = 600.0
 
@@ -36,7 +36,10 @@ def meminfo(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
-def inference(tmp_path: Path, *names: str, min_available_mb: int = 0) -> Inference:
+def inference(
+    tmp_path: Path, clock: Clock, meminfo: Path, *names: str, min_available_mb: int = 0
+) -> Inference:
+    """The front over standalone workers, watched by a sleeper on the test's clock."""
     model = demo_gguf.write_tiny_llama(tmp_path / "tiny.gguf")
     cfg = config.from_mapping(
         {
@@ -48,17 +51,17 @@ def inference(tmp_path: Path, *names: str, min_available_mb: int = 0) -> Inferen
             ],
         }
     )
-    return Inference(cfg, tmp_path / "state" / "run")
+    run = tmp_path / "state" / "run"
+    units = worker_units(cfg, run)
+    sleeper = Sleeper(cfg.sleep, sleepables(cfg, units), clock=clock, meminfo=meminfo)
+    return Inference(cfg, run, units, sleeper=sleeper)
 
 
 @contextlib.asynccontextmanager
-async def running(inf: Inference, clock: Clock, meminfo: Path) -> AsyncIterator[Sleeper]:
-    """The workers started and ready, watched by a sleeper on the test's clock."""
-    units = []
-    for m in inf.models.values():
-        m.sleepable = Sleepable(m.unit, Kind.MODEL, m.cfg.idle_ttl, inf.units)
-        units.append(m.sleepable)
-    sleeper = inf.sleeper = Sleeper(inf.config.sleep, units, clock=clock, meminfo=meminfo)
+async def running(inf: Inference) -> AsyncIterator[Sleeper]:
+    """The workers started and ready, and their sleeper."""
+    sleeper = inf.sleeper
+    assert sleeper is not None
     await inf.start()
     try:
         await sleeper.start()
@@ -78,9 +81,9 @@ def now(s: Sleepable) -> Phase:
 async def test_idle_past_the_ttl_sleeps_and_a_request_in_flight_never_does(
     tmp_path: Path, meminfo: Path
 ) -> None:
-    inf = inference(tmp_path, "a")
     clock = Clock()
-    async with running(inf, clock, meminfo) as sleeper:
+    inf = inference(tmp_path, clock, meminfo, "a")
+    async with running(inf) as sleeper:
         a = sleeper.units["cairn-model@a.service"]
         sleeper.begin(a.unit)  # a long request
         clock.t += 10 * TTL
@@ -102,9 +105,9 @@ async def test_idle_past_the_ttl_sleeps_and_a_request_in_flight_never_does(
 async def test_memory_pressure_sleeps_the_least_recently_used_first(
     tmp_path: Path, meminfo: Path
 ) -> None:
-    inf = inference(tmp_path, "a", "b", "c", min_available_mb=2)
     clock = Clock()
-    async with running(inf, clock, meminfo) as sleeper:
+    inf = inference(tmp_path, clock, meminfo, "a", "b", "c", min_available_mb=2)
+    async with running(inf) as sleeper:
         a, b, c = (sleeper.units[f"cairn-model@{n}.service"] for n in "abc")
         for s in (b, a):  # b was used before a
             sleeper.begin(s.unit)
@@ -126,14 +129,14 @@ async def test_memory_pressure_sleeps_the_least_recently_used_first(
 async def test_a_request_that_comes_while_the_worker_stops_wakes_it_again(
     tmp_path: Path, meminfo: Path
 ) -> None:
-    inf = inference(tmp_path, "a")
     clock = Clock()
+    inf = inference(tmp_path, clock, meminfo, "a")
     app = web.Application()
     inf.add_routes(app)
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
-        async with running(inf, clock, meminfo) as sleeper:
+        async with running(inf) as sleeper:
             a = sleeper.units["cairn-model@a.service"]
             clock.t += TTL
             stop = asyncio.create_task(sleeper.tick())

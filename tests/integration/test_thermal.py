@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cairn import config
 from cairn.inference import demo_gguf
 from cairn.inference.children import ChildUnits
-from cairn.inference.front import Inference
+from cairn.inference.front import Inference, gpu_units, worker_units
 from cairn.policy.thermal import Reading, ThermalGuard
 
 SUSTAIN = 300.0
@@ -36,18 +36,19 @@ async def test_a_hot_gpu_pauses_its_workers_until_it_cools(tmp_path: Path) -> No
             ],
         }
     )
-    inf = Inference(cfg, tmp_path / "state" / "run")
-    gpu, cpu = inf.models["gpu"], inf.models["cpu"]
-    assert isinstance(inf.units, ChildUnits)
-    gpu_child, cpu_child = inf.units.children[gpu.unit], inf.units.children[cpu.unit]
+    run = tmp_path / "state" / "run"
+    units = worker_units(cfg, run)
+    assert isinstance(units, ChildUnits)
     celsius = [70.0]
     now = [0.0]
 
     def readings() -> list[Reading]:
         return [(0, celsius[0], 0.5)]
 
-    guard = ThermalGuard(readings, inf.units, [gpu.unit], 85.0, 75.0, SUSTAIN, lambda: now[0])
-    inf.paused = guard.paused_units
+    guard = ThermalGuard(readings, units, gpu_units(cfg), 85.0, 75.0, SUSTAIN, lambda: now[0])
+    inf = Inference(cfg, run, units, thermal=guard)
+    gpu, cpu = inf.models["gpu"], inf.models["cpu"]
+    gpu_child, cpu_child = units.children[gpu.unit], units.children[cpu.unit]
     app = web.Application()
     inf.add_routes(app)
     client = TestClient(TestServer(app))

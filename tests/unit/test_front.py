@@ -123,7 +123,7 @@ async def test_worker_health_is_typed_or_dropped(
     inf = front.Inference(cfg, tmp_path / "run", cast(Units, _AwakeUnits()))
     try:
         await inf.poll_health()
-        view = inf.status()["m"]
+        view = inf.view()["m"]
     finally:
         await inf.stop()
         await runner.cleanup()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cairn.errors import StateError
-from cairn.policy.heal import Healer
+from cairn.policy.heal import Healer, Incidents
 from cairn.state import Incident, State, StateFile, Store
 
 
@@ -104,9 +104,10 @@ async def test_an_unsaved_state_is_an_incident_kept_in_memory(tmp_path: Path) ->
         store = Store(StateFile(state / "state.json"))
         filler = fill(state)
         assert not store.save(State(confirmed=[1]))  # say, the gate's
-        healer = Healer(store, [], clock=lambda: 50.0)
+        incidents = Incidents(store, clock=lambda: 50.0)
+        healer = Healer(incidents, [])
         await healer.tick()
-        (inc,) = healer.open()
+        (inc,) = incidents.open()
         path = str(store.file.path)
         assert (inc.check, inc.subject) == ("state-unsaved", path)
         assert "No space left on device" in inc.detail and "in memory only" in inc.detail
@@ -114,7 +115,7 @@ async def test_an_unsaved_state_is_an_incident_kept_in_memory(tmp_path: Path) ->
         filler.unlink()
         await healer.tick()  # saved again: the incident is on disk, and closes next round
         await healer.tick()
-        assert healer.open() == [] and store.error == ""
+        assert incidents.open() == [] and store.error == ""
         saved = store.file.load().incidents
         assert [(i.id, i.subject, i.closed) for i in saved] == [("state-unsaved-1", path, 50.0)]
         assert isinstance(saved[0], Incident)

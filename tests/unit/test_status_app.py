@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from cairn import config
 from cairn.components import State, Status
@@ -182,3 +183,69 @@ async def test_same_named_sensors_stay_distinct_series(aiohttp_client, sup: Supe
     lines = [ln for ln in text.splitlines() if ln.startswith("cairn_temperature_celsius{")]
     assert len(lines) == len(set(lines)) == 2
     assert 'index="0"' in lines[0] and 'index="1"' in lines[1]
+
+
+# Every family a standalone node without gossip exposes once it has a snapshot: the names and
+# types dashboards and alerts read, whichever part's collector yields them.
+FAMILIES = {
+    "cairn_build_info": "gauge",
+    "cairn_component_ready": "gauge",
+    "cairn_connections_open": "gauge",
+    "cairn_connections_refused": "counter",
+    "cairn_cpu_isolated": "gauge",
+    "cairn_cpu_usage_ratio": "gauge",
+    "cairn_disk_free_bytes": "gauge",
+    "cairn_disk_total_bytes": "gauge",
+    "cairn_disk_used_bytes": "gauge",
+    "cairn_fix_attempts": "counter",
+    "cairn_gpu_memory_total_bytes": "gauge",
+    "cairn_gpu_memory_used_bytes": "gauge",
+    "cairn_gpu_pauses": "counter",
+    "cairn_gpu_power_watts": "gauge",
+    "cairn_gpu_temperature_celsius": "gauge",
+    "cairn_gpu_utilization_ratio": "gauge",
+    "cairn_gpu_workers_paused": "gauge",
+    "cairn_gpus": "gauge",
+    "cairn_http_request_duration_seconds": "histogram",
+    "cairn_http_requests": "counter",
+    "cairn_incidents_open": "gauge",
+    "cairn_load_average": "gauge",
+    "cairn_memory_available_bytes": "gauge",
+    "cairn_memory_total_bytes": "gauge",
+    "cairn_memory_used_bytes": "gauge",
+    "cairn_model_active_slots": "gauge",
+    "cairn_model_load_seconds": "gauge",
+    "cairn_model_queue_depth": "gauge",
+    "cairn_model_request_duration_seconds": "histogram",
+    "cairn_model_requests": "counter",
+    "cairn_model_slots": "gauge",
+    "cairn_model_state": "gauge",
+    "cairn_model_tokens_per_second": "gauge",
+    "cairn_nixos_generation": "gauge",
+    "cairn_probe_duration_seconds": "gauge",
+    "cairn_probe_failures": "counter",
+    "cairn_probe_runs": "counter",
+    "cairn_requests_forwarded": "counter",
+    "cairn_swap_available_bytes": "gauge",
+    "cairn_swap_total_bytes": "gauge",
+    "cairn_swap_used_bytes": "gauge",
+    "cairn_temperature_celsius": "gauge",
+    "cairn_unit_asleep": "gauge",
+    "cairn_unit_sleeps": "counter",
+    "cairn_unit_wake_seconds": "histogram",
+    "cairn_unit_wakes": "counter",
+}
+
+
+async def test_the_metric_families_are_the_documented_ones(aiohttp_client, sup: Supervisor) -> None:
+    sup.probe.start()
+    await sup.probe_once()
+    sup.probe.stop()
+    client: TestClient = await aiohttp_client(create_app(sup))
+    text = await (await client.get("/metrics")).text()
+    families = {
+        f.name: f.type
+        for f in text_string_to_metric_families(text)
+        if not f.name.startswith("cairn_process_")
+    }
+    assert families == FAMILIES

@@ -8,11 +8,19 @@ import logging
 import random
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 from cairn.config import GossipConfig
 from cairn.errors import CairnError
@@ -267,7 +275,7 @@ class Cluster:
             for m in (self.member.members.values() if self.member else ())
         ]
 
-    def status(self) -> list[MemberView]:
+    def view(self) -> list[MemberView]:
         """Every member (ourselves first) for /status."""
         if self.member is None:
             return []
@@ -309,3 +317,65 @@ def _digest_doc(d: digests.NodeDigest | None) -> dict[str, Any] | None:
         n: {f: getattr(md, f) for f in md.__struct_fields__} for n, md in d.models.items()
     }
     return doc
+
+
+class GossipCollector(Collector):
+    """The membership's counters and the wake-on-LAN packets, at scrape time."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[Metric]:
+        """Nothing before the membership runs."""
+        member = self.cluster.member
+        if member is None:
+            return
+        st = member.stats
+        states = GaugeMetricFamily(
+            "cairn_gossip_members",
+            "Cluster members by state, this node included.",
+            labels=["state"],
+        )
+        for state, n in member.counts().items():
+            states.add_metric([str(state)], n)
+        yield states
+        aware = GaugeMetricFamily("cairn_gossip_awareness", "Lifeguard local health: 0 is healthy.")
+        aware.add_metric([], member.awareness)
+        yield aware
+        for name, doc, value in (
+            ("gossip_packets_received", "Gossip datagrams received.", st.packets_in),
+            ("gossip_packets_sent", "Gossip datagrams sent.", st.packets_out),
+            ("gossip_received_bytes", "Gossip bytes received, push-pull included.", st.bytes_in),
+            ("gossip_sent_bytes", "Gossip bytes sent, push-pull included.", st.bytes_out),
+            ("gossip_suspicions", "Members this node began to suspect.", st.suspicions),
+            ("gossip_refutations", "Suspicions of this node it refuted.", st.refutations),
+            ("gossip_deaths", "Members this node declared dead.", st.deaths),
+            (
+                "gossip_tcp_probe_acks",
+                "Probes answered only over TCP: UDP to that peer is lossy or blocked.",
+                st.tcp_acks,
+            ),
+            ("gossip_push_pulls", "Push-pull exchanges this node began.", st.push_pulls),
+            (
+                "gossip_push_pull_failures",
+                "Push-pull exchanges that failed.",
+                st.push_pull_failures,
+            ),
+        ):
+            c = CounterMetricFamily(f"cairn_{name}", doc)
+            c.add_metric([], value)
+            yield c
+        dropped = CounterMetricFamily(
+            "cairn_gossip_dropped_packets", "Gossip input dropped, by reason.", labels=["reason"]
+        )
+        for reason, n in sorted(st.dropped.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
+        rtt = HistogramMetricFamily("cairn_gossip_probe_rtt_seconds", "Probe round-trip times.")
+        rtt.add_metric([], st.rtt.cumulative(), st.rtt.total)
+        yield rtt
+        wol = CounterMetricFamily(
+            "cairn_wake_on_lan_packets", "Magic packets sent to wake suspended peers."
+        )
+        wol.add_metric([], self.cluster.wol_sent)
+        yield wol

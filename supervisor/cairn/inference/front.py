@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine, Iterator
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,8 @@ from cairn.guard import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from cairn.inference import openai
 from cairn.inference.children import ChildUnits, ChildWorker
 from cairn.inference.types import EngineStats, ModelState, ModelView, WorkerHealth
-from cairn.policy.sleep import Phase, Sleepable, Sleeper, phase_of
+from cairn.policy.sleep import Kind, Phase, Sleepable, Sleeper, phase_of
+from cairn.policy.thermal import ThermalGuard
 from cairn.system.units import UnitError, Units, UnitStatus, unit_of
 
 if TYPE_CHECKING:
@@ -46,6 +48,39 @@ _BY_PHASE = {
     Phase.FAILED: (ModelState.FAILED, "the unit failed; the next request starts it again"),
 }
 _NOT_KNOWN = (ModelState.SOCKET, "started on first request")
+EFFECTIVE_CONFIG = "effective-config.json"  # in the run dir: what standalone workers read
+
+
+def socket_dir(config: Config) -> Path:
+    """Where the workers' unix sockets live."""
+    return Path(config.inference.socket_dir or Path(config.node.state_dir) / "sockets")
+
+
+def worker_units(config: Config, run_dir: Path, systemd: Units | None = None) -> Units:
+    """The units that run the model workers: our own children standalone, else systemd's."""
+    if config.inference.workers is not WorkerManager.CHILDREN:
+        if systemd is None:
+            raise ValueError("systemd workers need a systemd connection")
+        return systemd
+    sockets = socket_dir(config)
+    return ChildUnits(
+        {
+            unit_of(m.name): ChildWorker(
+                m, run_dir / EFFECTIVE_CONFIG, sockets / f"{m.name}.sock", run_dir
+            )
+            for m in config.models
+        }
+    )
+
+
+def sleepables(config: Config, units: Units) -> list[Sleepable]:
+    """One sleepable worker per model, each by its idle TTL."""
+    return [Sleepable(unit_of(m.name), Kind.MODEL, m.idle_ttl, units) for m in config.models]
+
+
+def gpu_units(config: Config) -> list[str]:
+    """The worker units of the models that offload to the GPU (what the thermal guard pauses)."""
+    return [unit_of(m.name) for m in config.models if m.gpu_layers > 0]
 
 
 def _started(request: web.Request) -> web.StreamResponse | None:
@@ -57,10 +92,12 @@ def _started(request: web.Request) -> web.StreamResponse | None:
 class Model:
     """One configured model as the front sees it: its worker, its state, its last health."""
 
-    def __init__(self, cfg: ModelConfig, socket_path: Path, units: Units) -> None:
+    def __init__(
+        self, cfg: ModelConfig, socket_path: Path, units: Units, sleepable: Sleepable | None
+    ) -> None:
         self.cfg = cfg
         self.unit = unit_of(cfg.name)
-        self.sleepable: Sleepable | None = None  # set with the sleeper, which keeps it true
+        self.sleepable = sleepable  # the sleeper's, which keeps it true
         self.socket_path = socket_path
         self.units = units
         self.health: WorkerHealth | None = None
@@ -108,33 +145,40 @@ class Model:
 class Inference:
     """Owns the models: starts children in standalone mode, proxies requests, polls health."""
 
-    def __init__(self, config: Config, run_dir: Path, units: Units | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        units: Units,
+        *,
+        sleeper: Sleeper | None = None,
+        cluster: Cluster | None = None,
+        thermal: ThermalGuard | None = None,
+    ) -> None:
+        """`units` from `worker_units`; the sleeper, gossip and thermal guard when there are."""
         self.config = config
         self.run_dir = run_dir
-        sockets = self.socket_dir = Path(
-            config.inference.socket_dir or Path(config.node.state_dir) / "sockets"
-        )
-        config_path = self._config_path = run_dir / "effective-config.json"
-        self._children: ChildUnits | None = None  # standalone: the workers are ours to run
-        if config.inference.workers is WorkerManager.CHILDREN:
-            units = self._children = ChildUnits(
-                {
-                    unit_of(m.name): ChildWorker(
-                        m, config_path, sockets / f"{m.name}.sock", run_dir
-                    )
-                    for m in config.models
-                }
+        sockets = self.socket_dir = socket_dir(config)
+        self._config_path = run_dir / EFFECTIVE_CONFIG
+        # Standalone: the workers are ours to run.
+        self._children = units if isinstance(units, ChildUnits) else None
+        self.units = units
+        self.sleeper = sleeper
+        self.cluster = cluster
+        # Worker units paused by the thermal guard (its own set, kept true by it).
+        self.paused: AbstractSet[str] = thermal.paused_units if thermal else frozenset()
+        self.models = {
+            m.name: Model(
+                m,
+                sockets / f"{m.name}.sock",
+                units,
+                sleeper.units.get(unit_of(m.name)) if sleeper else None,
             )
-        elif units is None:
-            raise ValueError("systemd workers need a systemd connection")
-        self.units: Units = units
-        self.models = {m.name: Model(m, sockets / f"{m.name}.sock", units) for m in config.models}
-        self.sleeper: Sleeper | None = None  # set by the supervisor
-        self.cluster: Cluster | None = None  # set by the supervisor when gossip is on
+            for m in config.models
+        }
         self._peers: aiohttp.ClientSession | None = None
         self.forwarded = 0
         self.last_request = time.monotonic()  # any /v1 request, served here or passed on
-        self.paused: set[str] = set()  # worker units paused by the thermal guard
 
     async def start(self) -> None:
         """Write the config the workers read, then start the children (standalone)."""
@@ -182,7 +226,7 @@ class Inference:
                     log.warning("health of %s failed: %s", m.cfg.name, err)
                     m.health = None
 
-    def status(self) -> dict[str, ModelView]:
+    def view(self) -> dict[str, ModelView]:
         """Per-model state for /status."""
         out = {}
         for name, m in self.models.items():

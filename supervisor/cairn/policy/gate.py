@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from cairn.background import run_in_daemon_thread
 from cairn.errors import CairnError
@@ -47,6 +49,12 @@ class GateView(msgspec.Struct, frozen=True):
     rollback: Rollback | None
 
 
+def selected_generation(gens: Generations | None) -> int | None:
+    """The number of the generation the system profile selects, if any."""
+    current = [g.number for g in gens.profiles if g.current] if gens else []
+    return current[0] if current else None
+
+
 def current_generation(gens: Generations) -> int | None:
     """The generation whose system is running: the selected one if it is, else the newest."""
     same = [g for g in gens.profiles if g.path == gens.current]
@@ -66,6 +74,8 @@ class Gate:
         failing: Callable[[], Awaitable[list[str]]],
         rollback: Callable[[], Awaitable[None]],
         clock: Callable[[], float] = time.time,
+        *,
+        on_rollback: Callable[[int, str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.window_s = window_s
@@ -80,8 +90,9 @@ class Gate:
         self.numbers: set[int] = set()
         self.status, self.detail = "unavailable", "not read yet"
         self._helpers: set[asyncio.Task[None]] = set()  # manual rollbacks under way
-        # Told of every rollback asked (source generation, what and why): the incident record.
-        self.on_rollback: Callable[[int, str], None] | None = None
+        # Told of every rollback asked (source generation, the gate's detail, what and why):
+        # the incident record.
+        self.on_rollback = on_rollback
 
     def view(self) -> GateView:
         """The gate as /status shows it."""
@@ -229,7 +240,8 @@ class Gate:
     async def _ask_helper(self) -> None:
         if (req := self.state.rollback) is not None and self.on_rollback is not None:
             how = "by hand" if req.manual else "it failed its confirm window"
-            self.on_rollback(req.source, f"rollback to generation {req.target} ({how})")
+            done = f"rollback to generation {req.target} ({how})"
+            self.on_rollback(req.source, self.detail, done)
         try:
             await self.rollback()
         except CairnError as err:  # the helper refused or failed: its journal says why
@@ -285,3 +297,20 @@ class Gate:
         self._helpers.add(task)
         task.add_done_callback(self._helpers.discard)
         return target
+
+
+class GateCollector(Collector):
+    """The generation the gate last read, at scrape time."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        """The selected NixOS generation (no sample when there is none)."""
+        gen = GaugeMetricFamily(
+            "cairn_nixos_generation",
+            "Number of the NixOS generation the system profile selects.",
+        )
+        if (number := selected_generation(self.gate.generations)) is not None:
+            gen.add_metric([], number)
+        yield gen

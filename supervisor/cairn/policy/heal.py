@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import psutil
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from cairn.policy.thermal import Reading
 from cairn.state import INCIDENTS_KEPT, Incident, Store
@@ -31,6 +33,7 @@ FIXES_KEPT = 20  # fix attempts kept per incident, newest last
 HOUR_S = 3600.0
 FLAP_WINDOW_S = 600.0  # this many restarts by systemd within this window is flapping
 FLAP_RESTARTS = 3
+RECENT_INCIDENTS = 20  # closed incidents shown in /status, the newest
 
 
 @dataclass(frozen=True)
@@ -347,20 +350,64 @@ class GpuHot:
 # --- the healer --------------------------------------------------------------------------
 
 
-class Healer:
-    """Runs the checks, keeps the incidents, attempts the automatic fixes."""
+class Incidents:
+    """The incident book in the state file: opened, noted, closed; every fix attempt counted."""
 
-    def __init__(
-        self, store: Store, checks: list[Check], clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.store = store
-        self.checks = [*checks, StateUnsaved(store)]  # every node has a state file
         self.clock = clock
         self.fix_attempts: Counter[tuple[str, str]] = Counter()  # (fix, check)
 
     def open(self) -> list[Incident]:
         """The open incidents, oldest first."""
         return [i for i in self.store.state.incidents if i.closed is None]
+
+    def view(self) -> list[Incident]:
+        """The open incidents, then the most recently closed ones, newest first (/status)."""
+        every = self.store.state.incidents
+        closed = sorted((i for i in every if i.closed is not None), key=lambda i: -(i.closed or 0))
+        return sorted(self.open(), key=lambda i: -i.since) + closed[:RECENT_INCIDENTS]
+
+    def record(self, check: str, subject: str, detail: str, fix: str, done: str) -> None:
+        """An automatic fix that ran outside the rounds (the gate's rollback): into its incident."""
+        inc = next((i for i in self.open() if i.check == check and i.subject == subject), None)
+        if inc is None:
+            inc = self.opened(check, subject, detail, None)
+        inc.fix = f"{fix} (automatic)"
+        self.note(inc, fix, done, done)
+        self.store.save()
+
+    def opened(self, check: str, subject: str, detail: str, fix: Fix | None) -> Incident:
+        """A new open incident (saved with the round)."""
+        st = self.store.state
+        st.incident_seq += 1
+        how = "" if fix is None else f"{fix.name} ({'automatic' if fix.automatic else 'manual'})"
+        inc = Incident(f"{check}-{st.incident_seq}", check, subject, self.clock(), detail, fix=how)
+        st.incidents.append(inc)
+        log.warning("incident %s opened: %s", inc.id, detail)
+        return inc
+
+    def note(self, inc: Incident, fix: str, what: str, done: str) -> None:
+        """One fix attempt: counted, logged, and kept in the incident (the newest FIXES_KEPT)."""
+        self.fix_attempts[(fix, inc.check)] += 1
+        inc.fixes = [*inc.fixes, f"{time.strftime('%H:%M:%S')} {done}"][-FIXES_KEPT:]
+        log.warning("incident %s: %s", inc.id, what)
+
+    def trim(self) -> None:
+        """Keep the newest INCIDENTS_KEPT closed incidents."""
+        st = self.store.state
+        closed = [i for i in st.incidents if i.closed is not None]
+        drop = {id(i) for i in closed[: max(0, len(closed) - INCIDENTS_KEPT)]}
+        st.incidents = [i for i in st.incidents if id(i) not in drop]
+
+
+class Healer:
+    """Runs the checks over the incident book, attempts the automatic fixes."""
+
+    def __init__(self, incidents: Incidents, checks: list[Check]) -> None:
+        self.incidents = incidents
+        self.store = incidents.store
+        self.checks = [*checks, StateUnsaved(self.store)]  # every node has a state file
 
     async def tick(self) -> None:
         """One round of every check."""
@@ -373,17 +420,18 @@ class Healer:
                 continue
             changed |= await self._apply(check, found)
         if changed or self.store.error:  # a refused save is tried again each round
-            self._trim()
+            self.incidents.trim()
             self.store.save()
 
     async def _apply(self, check: Check, found: dict[str, Finding]) -> bool:
         changed = False
-        current = {i.subject: i for i in self.open() if i.check == check.name}
+        book = self.incidents
+        current = {i.subject: i for i in book.open() if i.check == check.name}
         fix = check.fix
         for subject, finding in found.items():
             inc = current.get(subject)
             if inc is None:
-                inc, changed = self._open_incident(check.name, subject, finding.detail, fix), True
+                inc, changed = book.opened(check.name, subject, finding.detail, fix), True
             elif inc.detail != finding.detail:
                 inc.detail, changed = finding.detail, True
             if fix is not None and fix.automatic:
@@ -392,9 +440,9 @@ class Healer:
                 except UnitError as err:
                     done = f"{fix.name} failed: {err}"
                 if done is not None:
-                    self._note(inc, fix.name, f"{fix.name} {subject}: {done}", done)
+                    book.note(inc, fix.name, f"{fix.name} {subject}: {done}", done)
                     changed = True
-        now = self.clock()
+        now = book.clock()
         for subject, inc in current.items():
             if subject not in found:
                 inc.closed, changed = now, True
@@ -403,32 +451,41 @@ class Healer:
                     fix.resolved(subject)
         return changed
 
-    def record(self, check: str, subject: str, detail: str, fix: str, done: str) -> None:
-        """An automatic fix that ran outside the rounds (the gate's rollback): into its incident."""
-        inc = next((i for i in self.open() if i.check == check and i.subject == subject), None)
-        if inc is None:
-            inc = self._open_incident(check, subject, detail, None)
-        inc.fix = f"{fix} (automatic)"
-        self._note(inc, fix, done, done)
-        self.store.save()
 
-    def _open_incident(self, check: str, subject: str, detail: str, fix: Fix | None) -> Incident:
-        st = self.store.state
-        st.incident_seq += 1
-        how = "" if fix is None else f"{fix.name} ({'automatic' if fix.automatic else 'manual'})"
-        inc = Incident(f"{check}-{st.incident_seq}", check, subject, self.clock(), detail, fix=how)
-        st.incidents.append(inc)
-        log.warning("incident %s opened: %s", inc.id, detail)
-        return inc
+class HealCollector(Collector):
+    """The incidents' and the restart ladder's metrics, read at scrape time."""
 
-    def _note(self, inc: Incident, fix: str, what: str, done: str) -> None:
-        """One fix attempt: counted, logged, and kept in the incident (the newest FIXES_KEPT)."""
-        self.fix_attempts[(fix, inc.check)] += 1
-        inc.fixes = [*inc.fixes, f"{time.strftime('%H:%M:%S')} {done}"][-FIXES_KEPT:]
-        log.warning("incident %s: %s", inc.id, what)
+    def __init__(self, incidents: Incidents, ladder: RestartLadder | None) -> None:
+        self.incidents = incidents
+        self.ladder = ladder
 
-    def _trim(self) -> None:
-        st = self.store.state
-        closed = [i for i in st.incidents if i.closed is not None]
-        drop = {id(i) for i in closed[: max(0, len(closed) - INCIDENTS_KEPT)]}
-        st.incidents = [i for i in st.incidents if id(i) not in drop]
+    def collect(self) -> Iterator[Metric]:
+        """Open incidents and fix attempts; restarts, resets and give-ups by unit."""
+        opened = GaugeMetricFamily(
+            "cairn_incidents_open", "Open incidents, by check.", labels=["check"]
+        )
+        for check, n in sorted(Counter(i.check for i in self.incidents.open()).items()):
+            opened.add_metric([check], n)
+        fixes = CounterMetricFamily(
+            "cairn_fix_attempts", "Fix attempts, by fix and check.", labels=["check", "fix"]
+        )
+        for (fix, check), n in sorted(self.incidents.fix_attempts.items()):
+            fixes.add_metric([check, fix], n)
+        yield from (opened, fixes)
+        ladder = self.ladder
+        if ladder is None:
+            return
+        restarts = CounterMetricFamily(
+            "cairn_unit_restarts", "Restarts by the escalation ladder.", labels=["unit"]
+        )
+        resets = CounterMetricFamily(
+            "cairn_unit_resets", "reset-failed after systemd's start limit.", labels=["unit"]
+        )
+        gave_up = GaugeMetricFamily(
+            "cairn_unit_given_up", "1 once the ladder left the unit stopped.", labels=["unit"]
+        )
+        for unit in sorted(ladder.rungs):
+            restarts.add_metric([unit], ladder.restarts[unit])
+            resets.add_metric([unit], ladder.resets[unit])
+            gave_up.add_metric([unit], 1.0 if ladder.gave_up(unit) else 0.0)
+        yield from (restarts, resets, gave_up)

@@ -13,11 +13,18 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 from cairn.buckets import Buckets
 from cairn.config import SleepConfig
@@ -274,7 +281,7 @@ class Sleeper:
             s.last_active = now
         s.busy = busy
 
-    def status(self) -> list[UnitView]:
+    def view(self) -> list[UnitView]:
         """Each sleepable unit for /status."""
         now = self.clock()
         return [
@@ -296,6 +303,33 @@ class Sleeper:
     def asleep(self) -> list[str]:
         """Units asleep now (for the digest)."""
         return [s.unit for s in self.units.values() if s.phase is Phase.ASLEEP]
+
+
+class SleepCollector(Collector):
+    """The sleeper's metrics, read at scrape time."""
+
+    def __init__(self, sleeper: Sleeper) -> None:
+        self.sleeper = sleeper
+
+    def collect(self) -> Iterator[Metric]:
+        """Per unit: asleep now, sleeps by reason, wakes, wake latency."""
+        asleep = GaugeMetricFamily(
+            "cairn_unit_asleep", "1 while the sleepable unit is asleep.", labels=["unit"]
+        )
+        sleeps = CounterMetricFamily(
+            "cairn_unit_sleeps", "Times the sleeper stopped the unit.", labels=["unit", "reason"]
+        )
+        wakes = CounterMetricFamily("cairn_unit_wakes", "Times the unit woke.", labels=["unit"])
+        latency = HistogramMetricFamily(
+            "cairn_unit_wake_seconds", "From start to ready, per wake.", labels=["unit"]
+        )
+        for s in self.sleeper.units.values():
+            asleep.add_metric([s.unit], 1.0 if s.phase is Phase.ASLEEP else 0.0)
+            for reason in ("idle", "memory"):
+                sleeps.add_metric([s.unit, reason], s.sleeps.get(reason, 0))
+            wakes.add_metric([s.unit], s.wakes)
+            latency.add_metric([s.unit], s.wake_latency.cumulative(), s.wake_latency.total)
+        yield from (asleep, sleeps, wakes, latency)
 
 
 # --- reading the kernel's view -----------------------------------------------------------

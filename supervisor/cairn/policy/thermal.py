@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from cairn.system.units import UnitError, Units
 
@@ -98,3 +101,20 @@ class ThermalGuard:
             except UnitError as err:
                 log.error("could not resume %s: %s", unit, err)
         self._were_running = []
+
+
+class ThermalCollector(Collector):
+    """The thermal guard's metrics, read at scrape time."""
+
+    def __init__(self, guard: ThermalGuard) -> None:
+        self.guard = guard
+
+    def collect(self) -> Iterator[Metric]:
+        """Paused now, and pauses so far."""
+        paused = GaugeMetricFamily(
+            "cairn_gpu_workers_paused", "1 while the thermal guard pauses GPU workers."
+        )
+        paused.add_metric([], 1.0 if self.guard.paused_units else 0.0)
+        pauses = CounterMetricFamily("cairn_gpu_pauses", "Thermal pauses of the GPU workers.")
+        pauses.add_metric([], self.guard.pauses)
+        yield from (paused, pauses)

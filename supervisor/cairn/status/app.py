@@ -4,25 +4,81 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from cairn import auth
+from cairn.components import Components
+from cairn.config import Config
+from cairn.gossip.keyring import Keyring
 from cairn.inference.front import MODEL_KEY
-from cairn.status import document
+from cairn.status.document import StatusDocument
 from cairn.status.metrics import Metrics
-
-if TYPE_CHECKING:
-    from cairn.daemon import Supervisor
 
 log = logging.getLogger(__name__)
 
-SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
+
+class Front(Protocol):
+    """The front as the status app sees it: the models it serves, and its routes."""
+
+    @property
+    def models(self) -> Mapping[str, object]:
+        """The models configured here, by name."""
+        ...
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register its routes on the app."""
+        ...
+
+
+class Node(Protocol):
+    """What the status layer reads of a node: views and collectors, never the other parts."""
+
+    @property
+    def config(self) -> Config:
+        """The node's validated config."""
+        ...
+
+    @property
+    def version(self) -> str:
+        """The supervisor's version."""
+        ...
+
+    @property
+    def components(self) -> Components:
+        """Readiness, per component."""
+        ...
+
+    @property
+    def inference(self) -> Front:
+        """The front."""
+        ...
+
+    def view(self) -> StatusDocument:
+        """The status document, from every part's view."""
+        ...
+
+    def collectors(self) -> list[Collector]:
+        """Every part's metrics collector."""
+        ...
+
+    def accepted_tokens(self) -> list[str]:
+        """Bearer tokens the API takes from the network."""
+        ...
+
+    def peer_keyring(self) -> Keyring | None:
+        """The keys peers sign forwarded requests with, if gossip is on."""
+        ...
+
+
+SUPERVISOR = web.AppKey("supervisor", Node)
 METRICS = web.AppKey("metrics", Metrics)
 _ASSETS = resources.files("cairn.status")
 
@@ -88,7 +144,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     """The node's full status document."""
-    return _json(document.build(request.app[SUPERVISOR]))
+    return _json(request.app[SUPERVISOR].view())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -107,8 +163,8 @@ def _static(name: str, content_type: str) -> Handler:
     return handler
 
 
-def create_app(sup: Supervisor) -> web.Application:
-    """Build the status app around a supervisor."""
+def create_app(sup: Node) -> web.Application:
+    """Build the status app around a node."""
     app = web.Application(
         middlewares=[
             errors_as_json,
@@ -116,7 +172,7 @@ def create_app(sup: Supervisor) -> web.Application:
         ]
     )
     app[SUPERVISOR] = sup
-    app[METRICS] = Metrics(sup)
+    app[METRICS] = Metrics(sup.version, sup.collectors())
     app.router.add_get("/", _static("dashboard.html", "text/html"))
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)

@@ -1,8 +1,6 @@
-"""The /status document: one typed struct, so the JSON and the OpenAPI schema stay in step."""
+"""The /status document: the parts' views in one typed struct, so JSON and OpenAPI agree."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -15,9 +13,6 @@ from cairn.policy.sleep import UnitView
 from cairn.state import Incident
 from cairn.system.generations import Generations
 from cairn.system.probe import Snapshot
-
-if TYPE_CHECKING:
-    from cairn.daemon import Supervisor
 
 
 class StatusDocument(msgspec.Struct, frozen=True):
@@ -38,34 +33,3 @@ class StatusDocument(msgspec.Struct, frozen=True):
     sleep: list[UnitView]
     gate: GateView
     incidents: list[Incident]
-
-
-RECENT_INCIDENTS = 20
-
-
-def incidents(sup: Supervisor) -> list[Incident]:
-    """The open incidents, then the most recently closed ones, newest first."""
-    every = sup.store.state.incidents
-    closed = sorted((i for i in every if i.closed is not None), key=lambda i: -(i.closed or 0))
-    return sorted(sup.healer.open(), key=lambda i: -i.since) + closed[:RECENT_INCIDENTS]
-
-
-def build(sup: Supervisor) -> StatusDocument:
-    """Assemble the status document from the supervisor's current state."""
-    return StatusDocument(
-        node=sup.identity,
-        version=sup.version,
-        started_at=sup.started_at,
-        uptime_seconds=round(sup.uptime(), 3),
-        config_digest=sup.config_digest,
-        ready=sup.components.ready(),
-        components=sup.components.snapshot(),
-        probe=sup.snapshot,
-        generation=sup.generation,
-        generation_reason=sup.generation_reason,
-        models=sup.inference.status(),
-        cluster=sup.cluster.status() if sup.cluster else None,
-        sleep=sup.sleeper.status(),
-        gate=sup.gate.view(),
-        incidents=incidents(sup),
-    )

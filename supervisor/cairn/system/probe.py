@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import psutil
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from cairn.system import generations
 from cairn.system.cpus import ISOLATED_PATH, read_cpu_list
@@ -155,3 +158,71 @@ class Probe:
     def generation(self) -> tuple[Generations | None, str]:
         """The NixOS generations, or (None, reason)."""
         return generations.read(self.profiles_dir)
+
+
+def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"cairn_{name}", doc, labels=labels)
+
+
+class SnapshotCollector(Collector):
+    """The latest snapshot as gauges, read at scrape time; nothing before the first."""
+
+    def __init__(self, latest: Callable[[], Snapshot | None]) -> None:
+        self.latest = latest
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per quantity."""
+        snap = self.latest()
+        if snap is None:
+            return
+        dur = _gauge("probe_duration_seconds", "How long the last probe round took.")
+        dur.add_metric([], snap.duration_seconds)
+        cpu = _gauge("cpu_usage_ratio", "Busy share of each core since the last probe.", ["cpu"])
+        for i, r in enumerate(snap.cpu.usage_ratio):
+            cpu.add_metric([str(i)], r)
+        iso = _gauge("cpu_isolated", "1 for cores isolated with isolcpus=.", ["cpu"])
+        for i in snap.cpu.isolated:
+            iso.add_metric([str(i)], 1.0)
+        load = _gauge("load_average", "System load average.", ["window"])
+        for w, v in zip(("1m", "5m", "15m"), snap.load, strict=True):
+            load.add_metric([w], v)
+        yield from (dur, cpu, iso, load)
+        for kind, m in (("memory", snap.memory), ("swap", snap.swap)):
+            for field in ("total", "available", "used"):
+                g = _gauge(f"{kind}_{field}_bytes", f"{kind.capitalize()} {field}, bytes.")
+                g.add_metric([], getattr(m, f"{field}_bytes"))
+                yield g
+        for field in ("total", "free", "used"):
+            g = _gauge(f"disk_{field}_bytes", f"State-dir filesystem {field}, bytes.", ["path"])
+            g.add_metric([snap.disk.path], getattr(snap.disk, f"{field}_bytes"))
+            yield g
+        # psutil merges same-named devices (two NVMe drives are both "nvme"), so labels alone
+        # repeat; the position within the chip keeps every series unique.
+        temp = _gauge(
+            "temperature_celsius", "Kernel-exposed sensor temperature.", ["chip", "sensor", "index"]
+        )
+        seen: dict[str, int] = {}
+        for t in snap.temperatures:
+            index = seen[t.chip] = seen.get(t.chip, -1) + 1
+            temp.add_metric([t.chip, t.label, str(index)], t.celsius)
+        yield temp
+        yield from self._gpus(snap)
+
+    def _gpus(self, snap: Snapshot) -> Iterator[Metric]:
+        count = _gauge("gpus", "GPUs NVML can see.")
+        count.add_metric([], len(snap.gpus))
+        yield count
+        fields = {
+            "utilization_ratio": "GPU busy share.",
+            "memory_used_bytes": "GPU memory in use, bytes.",
+            "memory_total_bytes": "GPU memory, bytes.",
+            "temperature_celsius": "GPU core temperature.",
+            "power_watts": "GPU board power draw.",
+        }
+        for field, doc in fields.items():
+            g = _gauge(f"gpu_{field}", doc, ["gpu", "name"])
+            for gpu in snap.gpus:
+                value = getattr(gpu, field)
+                if value is not None:
+                    g.add_metric([str(gpu.index), gpu.name], float(value))
+            yield g
