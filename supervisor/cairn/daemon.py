@@ -24,6 +24,7 @@ from cairn.gossip.digest import encode as encode_digest
 from cairn.gossip.keyring import Keyring
 from cairn.gossip.service import Cluster
 from cairn.identity import of_this_machine
+from cairn.inference import openai
 from cairn.inference.front import Inference
 from cairn.inference.types import ModelState
 from cairn.policy.gate import Gate, GateError
@@ -399,8 +400,10 @@ class Supervisor:
         self.components.set("probe", State.STARTING, "waiting for the first sample")
         if self.config.models:
             self.components.set("inference", State.STARTING, "starting workers")
+        app = create_app(self)
+        app.add_subapp(openai.PREFIX, openai.create_app(self.inference.routes()))
         runner = web.AppRunner(
-            create_app(self),
+            app,
             shutdown_timeout=SHUTDOWN_GRACE_S,
             handler_cancellation=True,
             keepalive_timeout=guard.HEADER_TIMEOUT_S,  # also the deadline for a request's headers

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from cairn import config
-from cairn.inference import demo_gguf
+from cairn.inference import demo_gguf, openai
 from cairn.inference.children import ChildUnits
 from cairn.inference.front import Inference
 from cairn.policy.thermal import Reading, ThermalGuard
@@ -49,7 +49,7 @@ async def test_a_hot_gpu_pauses_its_workers_until_it_cools(tmp_path: Path) -> No
     guard = ThermalGuard(readings, inf.units, [gpu.unit], 85.0, 75.0, SUSTAIN, lambda: now[0])
     inf.paused = guard.paused_units
     app = web.Application()
-    inf.add_routes(app)
+    app.add_subapp(openai.PREFIX, openai.create_app(inf.routes()))
     client = TestClient(TestServer(app))
     await client.start_server()
     await inf.start()

@@ -108,7 +108,7 @@ def _static(name: str, content_type: str) -> Handler:
 
 
 def create_app(sup: Supervisor) -> web.Application:
-    """Build the status app around a supervisor."""
+    """Build the status app around a supervisor; the daemon mounts the OpenAI app on it."""
     app = web.Application(
         middlewares=[
             errors_as_json,
@@ -123,5 +123,4 @@ def create_app(sup: Supervisor) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", _static("openapi.json", "application/json"))
-    sup.inference.add_routes(app)
     return app
