@@ -21,6 +21,8 @@ let
 
   cfg = config.services.cairn;
   tuning = config.cairn.tuning;
+  # Written once, in the supervisor's ModelConfig; read here through its committed JSON Schema.
+  defaults = import ./model-defaults.nix;
 
   # systemd listens at <socketDir>/<name>.sock; the supervisor connects there (inference.socket_dir).
   socketDir = "/run/cairn/models";
@@ -151,21 +153,21 @@ let
 
       context = mkOption {
         type = types.ints.between 64 1048576;
-        default = 2048;
+        default = defaults.context;
         example = 8192;
         description = "Context size in tokens, shared by the slots (GGUF).";
       };
 
       threads = mkOption {
         type = types.ints.between 1 1024;
-        default = 1;
+        default = defaults.threads;
         example = 4;
         description = "Compute threads, each pinned to its own core of `cpus`.";
       };
 
       gpuLayers = mkOption {
         type = types.ints.between 0 4096;
-        default = 0;
+        default = defaults.gpuLayers;
         example = 99;
         description = ''
           Layers to offload to an NVIDIA GPU (GGUF). The worker offloads only when NVML sees a
@@ -179,28 +181,28 @@ let
 
       batch = mkOption {
         type = types.ints.between 1 65536;
-        default = 512;
+        default = defaults.batch;
         example = 256;
         description = "Tokens per decode batch (GGUF).";
       };
 
       slots = mkOption {
         type = types.ints.between 1 1024;
-        default = 4;
+        default = defaults.slots;
         example = 8;
         description = "Requests decoded together, as parallel sequences in one context (GGUF).";
       };
 
       queue = mkOption {
         type = types.ints.between 0 65536;
-        default = 16;
+        default = defaults.queue;
         example = 64;
         description = "Requests waiting behind busy slots; one more is answered 429 with `Retry-After`.";
       };
 
       idleTtl = mkOption {
         type = types.ints.positive;
-        default = 300;
+        default = defaults.idleTtl;
         example = 900;
         description = ''
           Seconds without requests after which the supervisor's sleeper may stop the worker
@@ -210,21 +212,21 @@ let
 
       embedding = mkOption {
         type = types.bool;
-        default = false;
+        default = defaults.embedding;
         example = true;
         description = "Whether this GGUF model is an embedding model: it serves `/v1/embeddings` (mean-pooled, normalised vectors) instead of completions.";
       };
 
       startupTimeout = mkOption {
         type = types.ints.positive;
-        default = 120;
+        default = defaults.startupTimeout;
         example = 600;
         description = "Seconds the worker may take to load the model: the supervisor's wait, and the unit's `TimeoutStartSec=`.";
       };
 
       requestTimeout = mkOption {
         type = types.ints.between 1 86400;
-        default = 600;
+        default = defaults.requestTimeout;
         example = 120;
         description = ''
           Seconds one request may take in the worker (`request_timeout`); then the client gets
@@ -237,7 +239,7 @@ let
         type = types.nullOr (
           types.either (types.enum [ "isolated" ]) (types.nonEmptyListOf types.ints.unsigned)
         );
-        default = null;
+        default = defaults.cpus;
         example = "isolated";
         description = ''
           Cores of the worker: `"isolated"` (the cores of {option}`cairn.tuning.isolatedCores`,

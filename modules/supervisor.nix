@@ -12,6 +12,7 @@ let
     literalMD
     mapAttrs'
     mapAttrsToList
+    mkDefault
     mkEnableOption
     mkIf
     mkOption
@@ -122,7 +123,8 @@ in
       description = ''
         The supervisor's configuration, rendered to JSON and checked with
         `cairn config check` when the system is built; see `cairn config schema` for every key.
-        Each host class keeps its settings in `hosts/<class>/settings.nix`.
+        Each host class keeps its settings in `hosts/<class>/settings.nix`, on the base they
+        share (`hosts/settings-base.nix`).
       '';
     };
 
@@ -156,8 +158,8 @@ in
         Absolute path, on the node, of the gossip encryption keyring. It is a string on purpose:
         a Nix path would be copied into the world-readable store (and into netboot images).
         systemd hands it to the daemon as the credential `gossip-key`
-        (`/run/credentials/cairn.service/gossip-key`, which becomes `settings.gossip.key_file`),
-        so the file can stay readable by root only. One base64 AES key (16, 24 or 32 bytes) per
+        (`/run/credentials/cairn.service/gossip-key`, which becomes `settings.gossip.key_file`
+        unless that is set directly), so the file can stay readable by root only. One base64 AES key (16, 24 or 32 bytes) per
         line, the first one encrypts, every one decrypts: add the new key second on every node,
         then move it first, then drop the old one.
       '';
@@ -170,7 +172,8 @@ in
       description = ''
         Absolute path, on the node, of the bearer token that network clients of the API must
         send (at least 16 characters). Handed over like {option}`services.cairn.gossipKeyFile`
-        (credential `api-token`, which becomes `settings.api.token_file`). Without it the API
+        (credential `api-token`, which becomes `settings.api.token_file` unless that is set
+        directly). Without it the API
         listens on loopback only; set `settings.api.host` to e.g. `"0.0.0.0"` once it is set.
       '';
     };
@@ -181,7 +184,10 @@ in
       port = mkOption {
         type = types.port;
         default = 8471;
-        description = "UDP (probes, piggybacked updates) and TCP (push-pull) port of the gossip.";
+        description = ''
+          UDP (probes, piggybacked updates) and TCP (push-pull) port of the gossip:
+          `settings.gossip.port`, where a value set directly wins over this one.
+        '';
       };
 
       join = mkOption {
@@ -193,7 +199,8 @@ in
         ];
         description = ''
           Peers to join through (`host` or `host:port`); one that answers is enough, and the
-          node retries with backoff while it knows no live member.
+          node retries with backoff while it knows no live member. Becomes
+          `settings.gossip.join`; a list set there directly wins over this one.
         '';
       };
 
@@ -206,7 +213,8 @@ in
         default = "lan";
         description = ''
           Timing profile: memberlist's LAN (1 s probes), WAN (5 s probes, longer timeouts) or
-          local (loopback) defaults.
+          local (loopback) defaults. Becomes `settings.gossip.profile`; a value set there
+          directly wins over this one.
         '';
       };
     };
@@ -245,7 +253,8 @@ in
           {option}`services.cairn.heal.criticalUnits` active, each model answering a probe,
           a peer reachable when gossip joins any). Passing confirms it for good; running out
           rolls the system back to the newest confirmed generation through
-          `cairn-rollback.service`, once, and marks the failed one bad.
+          `cairn-rollback.service`, once, and marks the failed one bad. Becomes
+          `settings.heal.confirm_window`; a value set there directly wins over this one.
         '';
       };
 
@@ -253,7 +262,11 @@ in
         type = types.listOf types.str;
         default = [ ];
         example = [ "nginx.service" ];
-        description = "Units that must be active for a new generation to be confirmed.";
+        description = ''
+          Units that must be active for a new generation to be confirmed. Becomes
+          `settings.heal.critical_units`; a list set there directly wins over this one (the two
+          are not joined).
+        '';
       };
     };
 
@@ -373,14 +386,16 @@ in
       ) cfg.sleepable)
     ];
 
+    # The options that mirror a settings key define it with mkDefault: a value set in
+    # `settings` directly wins, instead of conflicting with the option's (default) value.
     services.cairn.settings = lib.mkMerge [
       (mkIf cfg.gossip.enable {
-        gossip = {
+        gossip = lib.mapAttrs (_: mkDefault) {
           key_file = "${credentials}/gossip-key";
           inherit (cfg.gossip) port join profile;
         };
       })
-      (mkIf (cfg.apiTokenFile != null) { api.token_file = lib.mkDefault "${credentials}/api-token"; })
+      (mkIf (cfg.apiTokenFile != null) { api.token_file = mkDefault "${credentials}/api-token"; })
       (mkIf (cfg.sleepable != { }) {
         sleep.services = mapAttrsToList (name: svc: {
           unit = "${name}.service";
@@ -389,8 +404,8 @@ in
       })
       {
         heal = {
-          confirm_window = cfg.heal.confirmWindow;
-          critical_units = cfg.heal.criticalUnits;
+          confirm_window = mkDefault cfg.heal.confirmWindow;
+          critical_units = mkDefault cfg.heal.criticalUnits;
         };
       }
     ];

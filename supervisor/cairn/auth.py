@@ -96,8 +96,8 @@ def _refuse(
     code: str,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    """An error in the shape of the path's API: OpenAI's under /v1, the status API's elsewhere."""
-    if request.path.startswith("/v1/"):
+    """An error in the shape of the app the request is routed to (OpenAI's, or the status API's)."""
+    if openai.serves(request):
         return openai.error(status, message, "invalid_request_error", code=code, headers=headers)
     return web.json_response(
         {"error": {"status": status, "message": message}}, status=status, headers=headers
@@ -179,7 +179,7 @@ def _peer_refusal(
     sender = request.headers.get(FORWARDED_BY)
     if keyring is None:
         return "this node has no gossip key"
-    if sender is None or request.method != "POST" or not request.path.startswith("/v1/"):
+    if sender is None or request.method != "POST" or not openai.serves(request):
         return f"good only for a forwarded POST /v1/... (with {FORWARDED_BY})"
     try:
         keyring.check_request(

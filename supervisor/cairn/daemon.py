@@ -29,6 +29,7 @@ from cairn.gossip.keyring import Keyring
 from cairn.gossip.service import Cluster, GossipCollector
 from cairn.guard import ConnectionsCollector
 from cairn.identity import of_this_machine
+from cairn.inference import openai
 from cairn.inference.front import Inference, gpu_units, sleepables, worker_units
 from cairn.inference.metrics import InferenceCollector
 from cairn.inference.types import ModelState
@@ -469,8 +470,10 @@ class Supervisor:
         self.components.set("probe", State.STARTING, "waiting for the first sample")
         if self.config.models:
             self.components.set("inference", State.STARTING, "starting workers")
+        app = create_app(self)
+        app.add_subapp(openai.PREFIX, openai.create_app(self.inference.routes()))
         runner = web.AppRunner(
-            create_app(self),
+            app,
             shutdown_timeout=SHUTDOWN_GRACE_S,
             handler_cancellation=True,
             keepalive_timeout=guard.HEADER_TIMEOUT_S,  # also the deadline for a request's headers

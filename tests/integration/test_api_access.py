@@ -14,6 +14,7 @@ from typing import Any
 import openai
 
 from tests.conftest import Node
+from tests.harness.lan import Lan
 
 CHAT = json.dumps({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
@@ -141,3 +142,46 @@ def test_one_local_user_holding_its_64_connections_locks_no_other_out(
         metrics = node.get("/metrics").body.decode()
         assert 'cairn_connections_refused_total{listener="api",reason="per_client"} 1.0' in metrics
         flood.stdin.close()
+
+
+# From a client network namespace: GET or POST each path without a token, print what came back.
+_NO_TOKEN = (
+    "import json, sys, urllib.error, urllib.request\n"
+    "out = {}\n"
+    "for method, path in json.loads(sys.argv[2]):\n"
+    "    body = b'{}' if method == 'POST' else None\n"
+    "    req = urllib.request.Request(sys.argv[1] + path, body, method=method,\n"
+    "                                 headers={'Content-Type': 'application/json'})\n"
+    "    try: urllib.request.urlopen(req, timeout=10); out[path] = 'let through'\n"
+    "    except urllib.error.HTTPError as e:\n"
+    "        out[path] = [e.code, e.headers.get('WWW-Authenticate'), json.loads(e.read())]\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def test_a_network_client_without_a_token_gets_each_apis_error_shape(
+    lan: Lan, start_node: Callable[..., Node]
+) -> None:
+    node = start_node(host=lan.host_ip, token="access-test-operator-token-03")
+    asked = [
+        ("GET", "/v1/models"),
+        ("GET", "/v1/nope"),
+        ("GET", "/v1"),  # the OpenAI app's too
+        ("GET", "/v1/chat/completions"),  # a wrong method: refused before the 405
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/status"),
+        ("GET", "/nope"),
+    ]
+    proc = lan.popen(
+        0, [sys.executable, "-c", _NO_TOKEN, node.url, json.dumps(asked)], stdout=subprocess.PIPE
+    )
+    out, _ = proc.communicate(timeout=60)
+    answers = json.loads(out)
+    for _, path in asked:
+        code, challenge, doc = answers[path]
+        assert (code, challenge) == (401, "Bearer"), (path, answers[path])
+        if path.startswith("/v1"):
+            assert set(doc["error"]) == {"message", "type", "param", "code"}, (path, doc)
+            assert doc["error"]["code"] == "invalid_api_key"
+        else:
+            assert doc == {"error": {"status": 401, "message": doc["error"]["message"]}}, path

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from cairn import config
-from cairn.inference import demo_gguf
+from cairn.inference import demo_gguf, openai
 from cairn.inference.front import Inference, sleepables, worker_units
 from cairn.policy.sleep import Phase, Sleepable, Sleeper
 
@@ -132,7 +132,7 @@ async def test_a_request_that_comes_while_the_worker_stops_wakes_it_again(
     clock = Clock()
     inf = inference(tmp_path, clock, meminfo, "a")
     app = web.Application()
-    inf.add_routes(app)
+    app.add_subapp(openai.PREFIX, openai.create_app(inf.routes()))
     client = TestClient(TestServer(app))
     await client.start_server()
     try:

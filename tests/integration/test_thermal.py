@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from cairn import config
-from cairn.inference import demo_gguf
+from cairn.inference import demo_gguf, openai
 from cairn.inference.children import ChildUnits
 from cairn.inference.front import Inference, gpu_units, worker_units
 from cairn.policy.thermal import Reading, ThermalGuard
@@ -50,7 +50,7 @@ async def test_a_hot_gpu_pauses_its_workers_until_it_cools(tmp_path: Path) -> No
     gpu, cpu = inf.models["gpu"], inf.models["cpu"]
     gpu_child, cpu_child = units.children[gpu.unit], units.children[cpu.unit]
     app = web.Application()
-    inf.add_routes(app)
+    app.add_subapp(openai.PREFIX, openai.create_app(inf.routes()))
     client = TestClient(TestServer(app))
     await client.start_server()
     await inf.start()

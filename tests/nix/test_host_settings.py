@@ -15,6 +15,7 @@ from tests.nix import REPO, nix_eval, nix_eval_file, nix_string
 CAIRN_BIN = str(Path(sys.executable).parent / "cairn")
 CLASSES = ("legacy-node", "rtx4070-workstation", "pxe-server")
 SETTINGS = sorted(REPO.glob("hosts/*/settings.nix"))
+BASE = REPO / "hosts" / "settings-base.nix"
 
 
 def check(path: Path) -> subprocess.CompletedProcess[str]:
@@ -48,6 +49,30 @@ def test_settings_are_a_plain_attrset_for_every_node(path: Path) -> None:
     assert kind == "set"  # not a function: the module imports it as services.cairn.settings
     assert "name" not in settings.get("node", {})  # each node takes its hostname at run time
     assert settings["node"]["state_dir"] == "/var/lib/cairn"
+
+
+def _leaves(tree: dict[str, Any], at: str = "") -> dict[str, Any]:
+    """Each leaf of nested settings by its key path."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{at}.{key}" if at else key
+        out |= _leaves(value, path) if isinstance(value, dict) else {path: value}
+    return out
+
+
+def test_the_shared_base_passes_config_check_alone(tmp_path: Path) -> None:
+    res = check(render(nix_eval_file(BASE), tmp_path, "base"))
+    assert res.returncode == 0, res.stderr
+
+
+def test_every_host_class_builds_on_the_shared_base_and_copies_nothing() -> None:
+    base = _leaves(nix_eval_file(BASE))
+    hosts = {p.parent.name: _leaves(nix_eval_file(p)) for p in SETTINGS}
+    for name, settings in hosts.items():
+        assert "../settings-base.nix" in (REPO / "hosts" / name / "settings.nix").read_text()
+        assert base.items() <= settings.items(), name  # nothing of the base dropped or changed
+    alike = set.intersection(*(set(h.items()) for h in hosts.values()))
+    assert alike <= set(base.items())  # what every class sets alike is written once, there
 
 
 def test_config_check_refuses_a_bad_key_in_rendered_settings(tmp_path: Path) -> None:

@@ -1,4 +1,7 @@
-"""The front reads request bodies whole, under a deadline, and refuses broken ones with a 4xx."""
+"""The front reads request bodies whole, under a deadline, and refuses broken ones with a 4xx.
+
+/v1 is an app of its own: every answer under it is in OpenAI's error shape; the rest keep theirs.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +18,19 @@ from aiohttp.test_utils import TestClient
 from cairn import config
 from cairn.config import ModelKind
 from cairn.daemon import Supervisor
-from cairn.inference import front
+from cairn.inference import front, openai
 from cairn.inference.types import EngineStats, ModelState, WorkerHealth
 from cairn.status.app import create_app
 from cairn.system.units import Units, UnitState, UnitStatus
 
 
+async def _boom(request: web.Request) -> web.Response:
+    raise RuntimeError("secret internals")
+
+
 @pytest.fixture
 async def client(aiohttp_client: Any, tmp_path: Path) -> TestClient:
+    """The app as the daemon mounts it, plus a route that fails on each of its two apps."""
     cfg = config.from_mapping(
         {
             "version": 1,
@@ -31,7 +39,12 @@ async def client(aiohttp_client: Any, tmp_path: Path) -> TestClient:
             "inference": {"max_body_bytes": 4096},
         }
     )
-    c: TestClient = await aiohttp_client(create_app(Supervisor(cfg)))
+    sup = Supervisor(cfg)
+    app = create_app(sup)
+    app.router.add_get("/boom", _boom)
+    v1 = openai.create_app([*sup.inference.routes(), web.get("/boom", _boom)])
+    app.add_subapp(openai.PREFIX, v1)
+    c: TestClient = await aiohttp_client(app)
     return c
 
 
@@ -131,3 +144,70 @@ async def test_worker_health_is_typed_or_dropped(
     assert view.state is ModelState.READY and view.stats == EngineStats()
     assert view.pid == (42 if healthy else None)
     assert msgspec.json.encode(view.stats) == b"{}"  # an engine without stats, as on the wire
+
+
+OPENAI_KEYS = {"message", "type", "param", "code"}
+
+
+async def _openai_error(resp: Any, status: int) -> dict[str, Any]:
+    assert resp.status == status
+    doc = await resp.json()
+    assert set(doc) == {"error"} and set(doc["error"]) == OPENAI_KEYS, doc
+    error: dict[str, Any] = doc["error"]
+    return error
+
+
+async def test_an_unknown_v1_path_is_404_in_openai_shape(client: TestClient) -> None:
+    for path in ("/v1/nope", "/v1", "/v1/chat/completions/x"):
+        error = await _openai_error(await client.get(path), 404)
+        assert error["type"] == "invalid_request_error", path
+
+
+async def test_a_wrong_method_under_v1_is_405_in_openai_shape(client: TestClient) -> None:
+    resp = await client.get("/v1/chat/completions")
+    error = await _openai_error(resp, 405)
+    assert error["type"] == "invalid_request_error"
+    assert resp.headers["Allow"] == "POST"
+    resp = await client.delete("/v1/models")
+    await _openai_error(resp, 405)
+    assert set(resp.headers["Allow"].split(",")) == {"GET", "HEAD"}
+
+
+async def test_a_failing_v1_handler_is_500_in_openai_shape_and_counted(client: TestClient) -> None:
+    resp = await client.get("/v1/boom")
+    body = await resp.text()
+    assert "secret internals" not in body and "Traceback" not in body
+    error = await _openai_error(resp, 500)
+    assert error == {
+        "message": "internal error; see the node's log",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+    await client.get("/v1/nope")
+    metrics = await (await client.get("/metrics")).text()
+    assert 'cairn_http_requests_total{code="500",method="GET",route="/v1/boom"} 1.0' in metrics
+    assert 'cairn_http_requests_total{code="404",method="GET",route="unmatched"} 1.0' in metrics
+
+
+async def test_the_openai_routes_keep_their_route_labels(client: TestClient) -> None:
+    assert (await client.get("/v1/models")).status == 200
+    resp = await client.post("/v1/chat/completions", json={"model": "nope", "messages": []})
+    assert (await _openai_error(resp, 404))["code"] == "model_not_found"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'cairn_http_requests_total{code="200",method="GET",route="/v1/models"} 1.0' in metrics
+    label = 'code="404",method="POST",route="/v1/chat/completions"'
+    assert f"cairn_http_requests_total{{{label}}} 1.0" in metrics
+
+
+async def test_the_other_paths_keep_the_status_shape(client: TestClient) -> None:
+    for path, method, status in (
+        ("/nope", "GET", 404),
+        ("/v1x", "GET", 404),
+        ("/status", "POST", 405),
+        ("/boom", "GET", 500),
+    ):
+        resp = await client.request(method, path, json={})
+        assert resp.status == status, path
+        doc = await resp.json()
+        assert set(doc["error"]) == {"status", "message"} and doc["error"]["status"] == status

@@ -570,11 +570,10 @@ class Inference:
             model.health = None  # what it last said of itself is stale now
             return _unavailable(model.cfg.name, str(err))
 
-    def add_routes(self, app: web.Application) -> None:
-        """Register /v1 routes on the supervisor's app."""
-        app.router.add_get("/v1/models", self.list_models)
-        for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
-            app.router.add_post(path, self.proxy)
+    def routes(self) -> list[web.RouteDef]:
+        """The OpenAI API's route table, relative to openai.PREFIX (openai.create_app serves it)."""
+        posts = ("/chat/completions", "/completions", "/embeddings")
+        return [web.get("/models", self.list_models), *(web.post(p, self.proxy) for p in posts)]
 
 
 def _ready(model: Model) -> bool:

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from cairn.inference.types import Chunk, SamplingParams, Timings
 from cairn.validation import locate
 
+log = logging.getLogger(__name__)
+
+PREFIX = "/v1"  # where the daemon mounts the app below
 MAX_STOP = 4
 T = TypeVar("T")
+_OWN = web.AppKey("openai", bool)  # marks the app: auth answers its refusals in this shape too
 
 
 class ContentPart(msgspec.Struct, frozen=True):
@@ -146,6 +153,35 @@ def error(
         headers=headers,
         content_type="application/json",
     )
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The router's 404 and 405 and any unexpected exception, in OpenAI's shape too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+        return error(exc.status, exc.reason, kind, headers=allow)
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return error(500, "internal error; see the node's log", "server_error")
+
+
+def create_app(routes: Iterable[web.AbstractRouteDef]) -> web.Application:
+    """The OpenAI API as an app of its own, to mount at PREFIX: every answer in OpenAI's shape."""
+    app = web.Application(middlewares=[_errors])
+    app[_OWN] = True
+    app.add_routes(routes)
+    return app
+
+
+def serves(request: web.Request) -> bool:
+    """Whether the request is routed to the OpenAI app (any path under PREFIX, known or not)."""
+    return any(_OWN in app for app in request.match_info.apps)
 
 
 def timings_json(t: Timings | None, load: float) -> dict[str, float]:

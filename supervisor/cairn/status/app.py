@@ -26,15 +26,11 @@ log = logging.getLogger(__name__)
 
 
 class Front(Protocol):
-    """The front as the status app sees it: the models it serves, and its routes."""
+    """The front as the status app sees it: the models it serves (the metrics count by them)."""
 
     @property
     def models(self) -> Mapping[str, object]:
         """The models configured here, by name."""
-        ...
-
-    def add_routes(self, app: web.Application) -> None:
-        """Register its routes on the app."""
         ...
 
 
@@ -164,7 +160,7 @@ def _static(name: str, content_type: str) -> Handler:
 
 
 def create_app(sup: Node) -> web.Application:
-    """Build the status app around a node."""
+    """Build the status app around a node; the daemon mounts the OpenAI app on it."""
     app = web.Application(
         middlewares=[
             errors_as_json,
@@ -179,5 +175,4 @@ def create_app(sup: Node) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", _static("openapi.json", "application/json"))
-    sup.inference.add_routes(app)
     return app
