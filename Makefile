@@ -47,7 +47,7 @@ define apt_ensure
 endef
 
 .PHONY: run test lint imports typecheck unit integration bench-footprint bench-inference bench-gossip bench-wake apt-run apt-test clean \
-  options-doc legacy
+  options-doc legacy nix-lib-checks
 
 run: $(VENV)/.run-installed
 	@echo "Starting a Cairn node; it logs its URL (default http://127.0.0.1:8470/). Ctrl-C stops it."
@@ -106,6 +106,13 @@ options-doc:
 	  tests/nix/options-doc.nix | $(PYTHON) -c 'import json, sys; sys.stdout.write(json.load(sys.stdin))' \
 	  > docs/options.md.tmp || { rm -f docs/options.md.tmp; exit 1; }
 	mv docs/options.md.tmp docs/options.md
+
+# The checks that evaluate modules under nixpkgs' real module system, from a lib checkout
+# (NIXPKGS_LIB, as for options-doc); CI cannot fetch one, so `make test` does not run them.
+nix-lib-checks: $(VENV)/.test-installed
+	@[ -n "$(NIXPKGS_LIB)" ] && [ -f "$(NIXPKGS_LIB)/lib/default.nix" ] || \
+	  { echo "usage: make nix-lib-checks NIXPKGS_LIB=<checkout of nixpkgs or nix-community/nixpkgs.lib>" >&2; exit 2; }
+	NIXPKGS_LIB="$(abspath $(NIXPKGS_LIB))" $(BIN)/pytest tests/nix/check_settings_mirrors.py
 
 apt-run:
 	$(call apt_ensure,$(RUN_APT))
