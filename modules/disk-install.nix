@@ -42,6 +42,10 @@ in
           assertion = cfg.bootLoader == "grub" -> cfg.grubDevice != null;
           message = "cairn.install.grubDevice: must name the disk GRUB is installed on (e.g. \"/dev/sda\") when cairn.install.bootLoader is \"grub\"";
         }
+        {
+          assertion = cfg.bootLoader == "systemd-boot" -> cfg.grubDevice == null;
+          message = "cairn.install.grubDevice: set, but cairn.install.bootLoader is \"systemd-boot\", which installs no GRUB; remove it, or choose \"grub\" for a BIOS machine";
+        }
       ];
 
       # Label-based defaults until the host adds its hardware-configuration.nix.
