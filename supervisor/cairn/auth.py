@@ -13,6 +13,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
 
+from cairn import jsonapi
 from cairn.errors import ConfigError
 from cairn.files import read_small
 from cairn.gossip.keyring import PEER_SCHEME, Dropped, Keyring, ReplayGuard
@@ -99,9 +100,7 @@ def _refuse(
     """An error in the shape of the app the request is routed to (OpenAI's, or the status API's)."""
     if openai.serves(request):
         return openai.error(status, message, "invalid_request_error", code=code, headers=headers)
-    return web.json_response(
-        {"error": {"status": status, "message": message}}, status=status, headers=headers
-    )
+    return jsonapi.error(status, message, headers)
 
 
 def _unauthorized(request: web.Request, message: str) -> web.Response:

@@ -315,15 +315,13 @@ def cmd_generations(args: argparse.Namespace) -> int:
 
 def _operator_socket(args: argparse.Namespace) -> Path:
     """--socket; else the state dir of --config; else the first of the usual places that exists."""
-    from cairn import operator  # aiohttp: only for these commands
-
     if args.socket:
         return Path(args.socket)
     if args.config:
-        return Path(_load(args.config).node.state_dir) / operator.SOCKET_NAME
+        return _load(args.config).operator_socket()
     places = [Path(config.NodeConfig().state_dir), Path("/var/lib/cairn")]
-    found = [p / operator.SOCKET_NAME for p in places if (p / operator.SOCKET_NAME).exists()]
-    return found[0] if found else places[0] / operator.SOCKET_NAME
+    sockets = [p / config.OPERATOR_SOCKET for p in places]
+    return next((s for s in sockets if s.exists()), sockets[0])
 
 
 def _operate(args: argparse.Namespace, action: str, body: dict[str, Any]) -> int:

@@ -24,7 +24,8 @@ DEFAULT_GOSSIP_PORT = 8471
 REQUEST_TIMEOUT_S = 600.0  # a model's default; also the deadline of a hop to a peer
 # Every float has finite bounds: msgspec then refuses inf and nan (TOML has them, and Python's
 # json reads Infinity and NaN), and no interval can be so small that a loop spins.
-LONGEST_S = 30 * 86400.0  # no duration in the config is longer
+DAY_S = 86400.0
+LONGEST_S = 30 * DAY_S  # no duration in the config is longer
 SHORTEST_INTERVAL_S = 0.1  # no period between two rounds of anything is shorter
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="TCP port")]
@@ -190,7 +191,7 @@ class ModelConfig(_Section, frozen=True):
         float,
         msgspec.Meta(
             ge=1,
-            le=86400,
+            le=DAY_S,
             description="seconds one request may take in the worker; then the client gets 504",
         ),
     ] = REQUEST_TIMEOUT_S
@@ -310,7 +311,7 @@ class HealConfig(_Section, frozen=True):
         float,
         msgspec.Meta(
             ge=1,
-            le=86400,
+            le=DAY_S,
             description="seconds a busy worker's decoding may stand still (no step finished)"
             " before its failed probe counts as a hang; a slow CPU's longest batch must fit",
         ),
@@ -403,6 +404,28 @@ class Config(_Section, frozen=True):
     def model(self, name: str) -> ModelConfig | None:
         """The model of that name, if configured."""
         return next((m for m in self.models if m.name == name), None)
+
+    # Where the node's unix sockets live: one place, for the code that binds them and for
+    # _check_socket_paths, which holds each to the kernel's length limit.
+    def operator_socket(self) -> Path:
+        """The operator socket (confirm, roll back)."""
+        return Path(self.node.state_dir) / OPERATOR_SOCKET
+
+    def socket_dir(self) -> Path:
+        """Where the workers' unix sockets live."""
+        return Path(self.inference.socket_dir or Path(self.node.state_dir) / "sockets")
+
+    def worker_socket(self, model: str) -> Path:
+        """A model's worker socket."""
+        return self.socket_dir() / f"{model}.sock"
+
+    def run_dir(self) -> Path:
+        """Standalone mode's runtime files: the workers' config and their sd_notify sockets."""
+        return Path(self.node.state_dir) / "run"
+
+    def notify_socket(self, model: str) -> Path:
+        """A standalone worker's sd_notify socket."""
+        return self.run_dir() / f"{model}.notify"
 
     def digest(self) -> str:
         """Stable sha256 over the effective settings, shown in /status."""
@@ -505,18 +528,16 @@ OPERATOR_SOCKET = "operator.sock"  # in node.state_dir
 
 def _check_socket_paths(cfg: Config, source: str) -> None:
     """Every unix socket the node binds fits the kernel's limit, named by the key that sets it."""
-    state = cfg.node.state_dir.rstrip("/")
-    places = [("node.state_dir", f"{state}/{OPERATOR_SOCKET}")]
-    sockets = cfg.inference.socket_dir or f"{state}/sockets"
+    places = [("node.state_dir", cfg.operator_socket())]
     key = "inference.socket_dir" if cfg.inference.socket_dir else "node.state_dir"
-    places += [(key, f"{sockets.rstrip('/')}/{m.name}.sock") for m in cfg.models]
+    places += [(key, cfg.worker_socket(m.name)) for m in cfg.models]
     if cfg.inference.workers is WorkerManager.CHILDREN:  # each child's sd_notify socket
-        places += [("node.state_dir", f"{state}/run/{m.name}.notify") for m in cfg.models]
+        places += [("node.state_dir", cfg.notify_socket(m.name)) for m in cfg.models]
     for key, path in places:
-        if len(path.encode()) > UNIX_PATH_MAX:
+        if len(str(path).encode()) > UNIX_PATH_MAX:
             raise ConfigError(
                 key,
-                f"the unix socket {path} would be {len(path.encode())} bytes long; the kernel"
+                f"the unix socket {path} would be {len(str(path).encode())} bytes long; the kernel"
                 f" takes at most {UNIX_PATH_MAX}: choose a shorter directory",
                 source,
             )

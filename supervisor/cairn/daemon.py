@@ -95,7 +95,7 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.components = Components()
         self.state_dir = Path(config.node.state_dir)
-        self.operator_socket = self.state_dir / operator.SOCKET_NAME
+        self.operator_socket = config.operator_socket()
         self.probe = Probe(self.state_dir, Path(config.probe.nix_profiles))
         self.snapshot: Snapshot | None = None
         self.probe_runs = 0
@@ -112,7 +112,7 @@ class Supervisor:
         self.cluster = Cluster(config.gossip, config.node.name) if config.gossip else None
         self.api_token = read_token(config.api.token_file) if config.api.token_file else None
         self.connections = guard.ConnectionLimits.for_api()
-        run_dir = self.state_dir / "run"
+        run_dir = config.run_dir()
         workers = worker_units(config, run_dir, self.systemd)
         services = [
             Sleepable(svc.unit, Kind.SERVICE, svc.ttl, self.systemd, svc.socket)

@@ -24,12 +24,11 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from cairn.config import OPERATOR_SOCKET
+from cairn import jsonapi
 from cairn.policy.gate import Gate, GateError
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = OPERATOR_SOCKET
 JSON = "application/json"
 GATE: web.AppKey[Gate] = web.AppKey("gate", Gate)
 REFUSED: web.AppKey[Counter[str]] = web.AppKey("refused", Counter)
@@ -39,15 +38,6 @@ class RollbackRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The body of POST /generations/rollback."""
 
     to: Annotated[int, msgspec.Meta(ge=1)] | None = None
-
-
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(data), status=status, content_type=JSON)
-
-
-def error(status: int, message: str) -> web.Response:
-    """The status API's error shape: {"error": {"status", "message"}}."""
-    return _json({"error": {"status": status, "message": message}}, status)
 
 
 def peer_uid(request: web.Request) -> int | None:
@@ -73,16 +63,18 @@ async def operators_only(request: web.Request, handler: Handler) -> web.StreamRe
     if uid is None or uid not in allowed_uids():
         refused["uid"] += 1
         log.warning("operator socket: refused a caller with uid %s", uid)
-        return error(403, f"uid {uid} is not an operator of this node (root or the daemon's user)")
+        return jsonapi.error(
+            403, f"uid {uid} is not an operator of this node (root or the daemon's user)"
+        )
     if request.method == "POST" and request.content_type != JSON:
         refused["content-type"] += 1
-        return error(415, f"send the body as {JSON}")
+        return jsonapi.error(415, f"send the body as {JSON}")
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(exc.status, exc.reason)
+        return jsonapi.error(exc.status, exc.reason)
 
 
 async def confirm(request: web.Request) -> web.Response:
@@ -90,8 +82,8 @@ async def confirm(request: web.Request) -> web.Response:
     try:
         number = await request.app[GATE].confirm()
     except GateError as err:
-        return error(409, str(err))
-    return _json({"confirmed": number})
+        return jsonapi.error(409, str(err))
+    return jsonapi.json_response({"confirmed": number})
 
 
 async def rollback(request: web.Request) -> web.Response:
@@ -99,12 +91,12 @@ async def rollback(request: web.Request) -> web.Response:
     try:
         body = msgspec.json.decode(await request.read() or b"{}", type=RollbackRequest)
     except (msgspec.DecodeError, msgspec.ValidationError) as err:
-        return error(400, f'expected {{"to": N}} or {{}}: {err}')
+        return jsonapi.error(400, f'expected {{"to": N}} or {{}}: {err}')
     try:
         target = await request.app[GATE].roll_back(body.to)
     except GateError as err:
-        return error(409, str(err))
-    return _json({"target": target}, 202)
+        return jsonapi.error(409, str(err))
+    return jsonapi.json_response({"target": target}, 202)
 
 
 def create_app(gate: Gate) -> web.Application:

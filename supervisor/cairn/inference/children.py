@@ -38,12 +38,12 @@ class ChildWorker:
     """
 
     def __init__(
-        self, model: ModelConfig, config_path: Path, socket_path: Path, run_dir: Path
+        self, model: ModelConfig, config_path: Path, socket_path: Path, notify_path: Path
     ) -> None:
         self.model = model
         self.config_path = config_path
         self.socket_path = socket_path
-        self.notify_path = run_dir / f"{model.name}.notify"
+        self.notify_path = notify_path
         self.state = "stopped"
         self.reason = ""
         self.pid: int | None = None

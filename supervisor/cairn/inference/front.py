@@ -51,22 +51,19 @@ _NOT_KNOWN = (ModelState.SOCKET, "started on first request")
 EFFECTIVE_CONFIG = "effective-config.json"  # in the run dir: what standalone workers read
 
 
-def socket_dir(config: Config) -> Path:
-    """Where the workers' unix sockets live."""
-    return Path(config.inference.socket_dir or Path(config.node.state_dir) / "sockets")
-
-
 def worker_units(config: Config, run_dir: Path, systemd: Units | None = None) -> Units:
     """The units that run the model workers: our own children standalone, else systemd's."""
     if config.inference.workers is not WorkerManager.CHILDREN:
         if systemd is None:
             raise ValueError("systemd workers need a systemd connection")
         return systemd
-    sockets = socket_dir(config)
     return ChildUnits(
         {
             unit_of(m.name): ChildWorker(
-                m, run_dir / EFFECTIVE_CONFIG, sockets / f"{m.name}.sock", run_dir
+                m,
+                run_dir / EFFECTIVE_CONFIG,
+                config.worker_socket(m.name),
+                config.notify_socket(m.name),
             )
             for m in config.models
         }
@@ -158,7 +155,7 @@ class Inference:
         """`units` from `worker_units`; the sleeper, gossip and thermal guard when there are."""
         self.config = config
         self.run_dir = run_dir
-        sockets = self.socket_dir = socket_dir(config)
+        self.socket_dir = config.socket_dir()
         self._config_path = run_dir / EFFECTIVE_CONFIG
         # Standalone: the workers are ours to run.
         self._children = units if isinstance(units, ChildUnits) else None
@@ -170,7 +167,7 @@ class Inference:
         self.models = {
             m.name: Model(
                 m,
-                sockets / f"{m.name}.sock",
+                config.worker_socket(m.name),
                 units,
                 sleeper.units.get(unit_of(m.name)) if sleeper else None,
             )
@@ -319,16 +316,19 @@ class Inference:
     async def _body(self, request: web.Request) -> bytes | web.Response:
         """The whole body (to EOF, however it was split), or the error answer: too big, too slow."""
         limit = self.config.inference.max_body_bytes
-        too_big = openai.error(413, f"request body over {limit} bytes", "invalid_request_error")
+
+        def too_big() -> web.Response:
+            return openai.error(413, f"request body over {limit} bytes", "invalid_request_error")
+
         if request.content_length is not None and request.content_length > limit:
-            return too_big
+            return too_big()
         body = bytearray()
         try:
             async with asyncio.timeout(BODY_TIMEOUT_S):  # a client trickling its body is cut off
                 async for piece in request.content.iter_any():
                     body += piece
                     if len(body) > limit:
-                        return too_big
+                        return too_big()
         except TimeoutError:
             return openai.error(
                 408,

@@ -8,13 +8,12 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Protocol
 
-import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from cairn import auth
+from cairn import auth, jsonapi
 from cairn.components import Components
 from cairn.config import Config
 from cairn.gossip.keyring import Keyring
@@ -79,20 +78,6 @@ METRICS = web.AppKey("metrics", Metrics)
 _ASSETS = resources.files("cairn.status")
 
 
-def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=msgspec.json.encode(data),
-        status=status,
-        headers=headers,
-        content_type="application/json",
-    )
-
-
-def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    """The one error shape of this API: {"error": {"status", "message"}}."""
-    return _json({"error": {"status": status, "message": message}}, status, headers)
-
-
 def _route(request: web.Request) -> str:
     # Label by route template, never by raw path: unknown paths must not mint new series.
     info = request.match_info
@@ -111,10 +96,10 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.status < 400:
             raise
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        response = json_error(exc.status, exc.reason, allow)
+        response = jsonapi.error(exc.status, exc.reason, allow)
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path)
-        response = json_error(500, "internal error; see the node's log")
+        response = jsonapi.error(500, "internal error; see the node's log")
     route = _route(request)
     elapsed = time.monotonic() - started
     metrics.http_requests.labels(request.method, route, str(response.status)).inc()
@@ -127,20 +112,20 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 async def livez(request: web.Request) -> web.Response:
     """200 while the event loop answers."""
-    return _json({"status": "alive"})
+    return jsonapi.json_response({"status": "alive"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     """200 when every component is ready, else 503 listing the ones that are not."""
     comps = request.app[SUPERVISOR].components
     if comps.ready():
-        return _json({"ready": True, "not_ready": {}})
-    return _json({"ready": False, "not_ready": comps.not_ready()}, status=503)
+        return jsonapi.json_response({"ready": True, "not_ready": {}})
+    return jsonapi.json_response({"ready": False, "not_ready": comps.not_ready()}, status=503)
 
 
 async def status(request: web.Request) -> web.Response:
     """The node's full status document."""
-    return _json(request.app[SUPERVISOR].view())
+    return jsonapi.json_response(request.app[SUPERVISOR].view())
 
 
 async def metrics(request: web.Request) -> web.Response:
