@@ -24,8 +24,8 @@ DEFAULT_GOSSIP_PORT = 8471
 REQUEST_TIMEOUT_S = 600.0  # a model's default; also the deadline of a hop to a peer
 # Every float has finite bounds: msgspec then refuses inf and nan (TOML has them, and Python's
 # json reads Infinity and NaN), and no interval can be so small that a loop spins.
-DAY_S = 86400.0
-LONGEST_S = 30 * DAY_S  # no duration in the config is longer
+DAY_S = 86400  # an int: the JSON Schema keeps printing 86400
+LONGEST_S = 30.0 * DAY_S  # no duration in the config is longer
 SHORTEST_INTERVAL_S = 0.1  # no period between two rounds of anything is shorter
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535, description="TCP port")]
