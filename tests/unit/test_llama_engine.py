@@ -316,7 +316,7 @@ def test_corrupt_file_is_a_load_error_with_a_reason(tmp_path: Path, model_path: 
 
 def test_chat_prompt_applies_the_gguf_template(engine: LlamaEngine) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert engine.chat_prompt(messages) == (
+    assert engine.chat_template.render(messages) == (
         "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
     )
 
@@ -325,7 +325,7 @@ def test_chat_prompt_without_template_uses_role_lines(tmp_path: Path) -> None:
     path = write_tiny_llama(tmp_path / "plain.gguf", chat_template=None)
     engine = LlamaEngine(str(path), n_ctx=256, n_threads=1)
     try:
-        assert engine.chat_prompt([{"role": "user", "content": "Hi"}]) == "user: Hi\nassistant:"
+        assert engine.chat_template.render([{"role": "user", "content": "Hi"}]) == "user: Hi\nassistant:"
     finally:
         engine.close()
 

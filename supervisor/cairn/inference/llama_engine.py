@@ -28,9 +28,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 import llama_cpp
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from cairn.errors import CairnError
+from cairn.inference.chat import ChatTemplate
 from cairn.inference.types import (
     Chunk,
     EngineStats,
@@ -227,7 +227,12 @@ class LlamaEngine:
         self._bos = int(llama_cpp.llama_vocab_bos(self._vocab))
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._pieces: dict[int, bytes] = {}
-        self._formatter = self._chat_formatter()
+        template = llama_cpp.llama_model_chat_template(self._model, None)
+        self.chat_template = ChatTemplate(
+            template.decode("utf-8", errors="replace") if template else None,
+            bos=self._token_text(self._bos),
+            eos=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
+        )
         # One sequence id per token is all we ever use, hence n_seq_max=1 for the batch.
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
 
@@ -314,35 +319,12 @@ class LlamaEngine:
 
     # ---- prompts -----------------------------------------------------------------------
 
-    def _chat_formatter(self) -> Jinja2ChatFormatter | None:
-        template = llama_cpp.llama_model_chat_template(self._model, None)
-        if not template:
-            return None
-        try:
-            return Jinja2ChatFormatter(
-                template=template.decode("utf-8", errors="replace"),
-                eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
-                bos_token=self._token_text(self._bos),
-                add_generation_prompt=True,
-            )
-        except Exception as err:  # a template jinja2 cannot parse: fall back, say so
-            log.warning("unusable chat template, using role: content lines: %s", err)
-            return None
-
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
         return bytes(llama_cpp.llama_vocab_get_text(self._vocab, token) or b"").decode(
             "utf-8", errors="replace"
         )
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        """Render messages with the model's chat template (plain "role: content" lines without)."""
-        if self._formatter is not None:
-            rendered = self._formatter(messages=messages)  # type: ignore[arg-type]
-            return str(rendered.prompt)
-        lines = [f"{m.get('role', 'user')}: {m.get('content', '')}\n" for m in messages]
-        return "".join(lines) + "assistant:"
 
     def tokenize(self, text: str) -> list[int]:
         """Tokenize a prompt as generate() does (BOS added once, special tokens parsed)."""
@@ -365,7 +347,7 @@ class LlamaEngine:
 
     async def generate(self, prompt: str, params: SamplingParams) -> AsyncGenerator[Chunk, None]:
         """Stream a completion: text chunks, then one chunk with finish_reason and usage."""
-        if params.max_tokens < 1:
+        if params.max_tokens is not None and params.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         tokens = self.tokenize(prompt)
         if not tokens:
@@ -598,7 +580,9 @@ class LlamaEngine:
             req.unsent_ids.clear()
         if req.text.stopped:
             self._finish(req, FinishReason.STOP)
-        elif req.completion >= req.params.max_tokens or req.n_past + 1 >= self.n_ctx_seq:
+        elif req.completion >= (req.params.max_tokens or self.n_ctx_seq) or (
+            req.n_past + 1 >= self.n_ctx_seq
+        ):
             # n_past + 1 is prompt + completion: together they never exceed one slot.
             self._finish(req, FinishReason.LENGTH)
 

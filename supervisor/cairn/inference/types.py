@@ -19,6 +19,10 @@ class PromptTooLong(CairnError, ValueError):
     """The prompt leaves no room for a completion in one slot's context."""
 
 
+class TooManyTokens(CairnError, ValueError):
+    """Prompt plus the asked max_tokens do not fit in one slot's context."""
+
+
 class ModelLoadError(CairnError):
     """The model file could not be loaded; the message says why."""
 
@@ -32,13 +36,58 @@ class FinishReason(enum.StrEnum):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """One request's generation settings."""
+    """One request's generation settings, as the engine honours them (the API validated them).
 
-    max_tokens: int = 128
+    Every field changes the answer, and every one is honoured by the engine; a request field
+    the engine cannot honour is refused by the API with a 400, never dropped here.
+    """
+
+    # None: as many as fit in the slot after the prompt. A number that does not fit is the
+    # request's fault (TooManyTokens), never cut silently.
+    max_tokens: int | None = None
     temperature: float = 0.8
     top_p: float = 0.95
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0  # 0: off
+    repeat_penalty: float = 1.0  # 1: off (llama.cpp's multiplicative penalty)
+    presence_penalty: float = 0.0  # OpenAI's, -2..2
+    frequency_penalty: float = 0.0  # OpenAI's, -2..2
+    penalty_last_n: int = 64  # how many recent tokens the three penalties look at
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    # None: no logprobs; n >= 0: each generated token's logprob and the n most likely
+    # alternatives (OpenAI's top_logprobs, 0..20).
+    logprobs: int | None = None
+    grammar: str | None = None  # GBNF (root rule "root") every generated token must fit
+    # With a grammar: empty means it applies from the first token. Otherwise it is lazy:
+    # llama.cpp's trigger patterns, regular expressions matched against the output from its
+    # start; once one matches, the grammar constrains the rest, fed from the first capture
+    # group (e.g. r"[\s\S]*?(<tool_call>[\s\S]*)").
+    grammar_triggers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    """One candidate token at one position: its text, bytes and log probability."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability and the most likely alternatives at its position.
+
+    Log probabilities are of the model's own distribution (softmax of the raw logits), as
+    OpenAI reports them, before temperature, penalties or a grammar reshape it.
+    """
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +109,10 @@ class Chunk:
     completion_tokens: int = 0
     timings: Timings | None = None
     token_ids: tuple[int, ...] = field(default=())
+    # With SamplingParams.logprobs: one entry per token whose text is in this chunk.
+    logprobs: tuple[TokenLogprob, ...] = ()
+    # Final chunk: prompt tokens taken from the KV cache instead of being decoded again.
+    cached_tokens: int = 0
 
 
 class ModelState(enum.StrEnum):

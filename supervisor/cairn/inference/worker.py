@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 
 from cairn.config import Config, ModelConfig, ModelKind
 from cairn.inference import openai, pinning
+from cairn.inference.chat import ChatTemplate
 from cairn.inference.types import (
     Chunk,
     EngineStats,
@@ -47,8 +48,8 @@ class Generator(Protocol):
     """What the worker needs of a text engine (LlamaEngine)."""
 
     gpu_offload: bool
+    chat_template: ChatTemplate
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
     def generate(self, prompt: str, params: SamplingParams) -> AsyncGenerator[Chunk, None]: ...
     def stats(self) -> EngineStats: ...
     def close(self) -> None: ...
@@ -269,7 +270,7 @@ async def _text(
     except openai.RequestError as err:
         return _bad_request(err)
     if isinstance(req, openai.ChatRequest):
-        prompt = worker.generator.chat_prompt(
+        prompt = worker.generator.chat_template.render(
             [{"role": m.role, "content": m.text()} for m in req.messages]
         )
     else:
