@@ -410,9 +410,11 @@ in
             TimeoutStartSec = "${toString m.startupTimeout}s";
           }
           // optionalAttrs (pinned != [ ]) {
-            # The worker pins each compute thread itself (OpenMP places); the unit keeps the
-            # whole process on those cores, and libgomp needs them in its mask when it loads.
-            CPUAffinity = concatMapStringsSep " " toString pinned;
+            # The worker pins each compute thread itself (OpenMP places), and libgomp needs
+            # those cores in its mask when it loads. The housekeeping cores are there too: after
+            # the load the worker moves its event loop (request parsing, every streamed token)
+            # onto them, off the compute cores (pinning.leave_cores).
+            CPUAffinity = concatMapStringsSep " " toString (unique (pinned ++ tuning.housekeeping));
           }
           // optionalAttrs (usesGpu m) gpuAccess;
         }

@@ -284,6 +284,25 @@ def test_worker_threads_are_pinned_one_core_each(
     assert all(len(cores) == 1 for cores in m["threads"].values()), m["threads"]
 
 
+def test_requests_are_served_off_the_compute_core(
+    start_node: Callable[..., Node], models_dir: Path, socket_dir: str
+) -> None:
+    """A legacy node's shape: one compute thread on core 1, the worker's event loop on core 0."""
+    n = start_node(
+        inference={"socket_dir": socket_dir},
+        models=[model("pinned", models_dir / "demo.gguf", cpus=[1], threads=1, slots=1)],
+    )
+    wait_until(lambda: status(n)["models"]["pinned"]["state"] == "ready", 60, what="the worker")
+    client(n).completions.create(model="pinned", prompt="warm up", max_tokens=8)
+    wait_until(lambda: status(n)["models"]["pinned"]["threads"], 10, what="a thread map")
+    m = status(n)["models"]["pinned"]
+    threads = {int(t): cores for t, cores in m["threads"].items()}
+    # The main thread (tid == pid) runs the event loop: it left the compute core after the
+    # load. The decode thread, started before that, stays on it.
+    assert threads[m["pid"]] == [0], threads
+    assert [1] in threads.values(), threads
+
+
 # --- request bodies: read whole however they arrive; broken JSON is a 400 naming why --------
 
 

@@ -325,7 +325,10 @@ def test_chat_prompt_without_template_uses_role_lines(tmp_path: Path) -> None:
     path = write_tiny_llama(tmp_path / "plain.gguf", chat_template=None)
     engine = LlamaEngine(str(path), n_ctx=256, n_threads=1)
     try:
-        assert engine.chat_template.render([{"role": "user", "content": "Hi"}]) == "user: Hi\nassistant:"
+        assert (
+            engine.chat_template.render([{"role": "user", "content": "Hi"}])
+            == "user: Hi\nassistant:"
+        )
     finally:
         engine.close()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -134,3 +136,20 @@ def test_thread_map_of_a_gone_process_is_empty(tmp_path: Path) -> None:
 def test_thread_map_of_this_process_has_this_thread() -> None:
     here = thread_map(os.getpid())
     assert here[threading.get_native_id()] == sorted(os.sched_getaffinity(0))
+
+
+def test_the_worker_command_loads_no_engine_before_its_openmp_environment() -> None:
+    """libgomp reads OMP_* once, when it loads: `cairn worker` must import no engine early.
+
+    An import of llama_cpp (or anything linking libgomp) on the way to worker.main would
+    load it unpinned, and every compute thread would then float over the whole mask.
+    """
+    code = (
+        "import sys, cairn.cli, cairn.inference.worker\n"
+        "engines = ('llama_cpp', 'onnxruntime')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in engines)\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "print(loaded, 'libgomp' in maps)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] False", out.stdout

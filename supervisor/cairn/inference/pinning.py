@@ -92,6 +92,21 @@ def omp_environment(cores: list[int]) -> dict[str, str]:
     }
 
 
+def leave_cores(start_mask: list[int], cores: list[int]) -> list[int]:
+    """Move the calling thread off the compute cores, onto the rest of `start_mask`.
+
+    The thread that loaded libgomp is bound to cores[0], where the first compute thread runs.
+    In the worker that is the event loop's thread, which parses requests and writes every
+    streamed token: left there, it takes turns with the decode on a node with one compute
+    core. Threads it starts from now on inherit the new mask. Returns the cores it moved to
+    (empty: no other core in the mask, it stays).
+    """
+    rest = [c for c in start_mask if c not in cores]
+    if rest:
+        os.sched_setaffinity(0, rest)  # 0: the calling thread only (Linux)
+    return rest
+
+
 def thread_map(pid: int, *, proc: Path = PROC) -> dict[int, list[int]]:
     """Thread id -> cores it is allowed on, from /proc/PID/task/*/status Cpus_allowed_list."""
     out: dict[int, list[int]] = {}

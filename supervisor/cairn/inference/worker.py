@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 from aiohttp import web
@@ -23,7 +23,6 @@ from aiohttp.typedefs import Handler
 
 from cairn.config import Config, ModelConfig, ModelKind
 from cairn.inference import openai, pinning
-from cairn.inference.chat import ChatTemplate
 from cairn.inference.types import (
     Chunk,
     EngineStats,
@@ -35,6 +34,9 @@ from cairn.inference.types import (
     WorkerHealth,
 )
 from cairn.system.sdnotify import Notifier
+
+if TYPE_CHECKING:  # at run time only after the OpenMP environment is set (see main)
+    from cairn.inference.chat import ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,11 @@ class Worker:
         self._cold = True  # the first request after start pays the load; its timings say so
         # One thread for every embedding call: each thread calling into llama.cpp (or
         # onnxruntime) gets its own OpenMP pool, and several pools fight over the cores.
-        self.embed_thread = ThreadPoolExecutor(1, thread_name_prefix="embed")
+        # It runs where libgomp put the loading thread, cores[0]: the event loop's thread
+        # leaves the compute cores after the load, and this one is started later.
+        self.embed_thread = ThreadPoolExecutor(
+            1, thread_name_prefix="embed", initializer=_bind, initargs=(cores[:1],)
+        )
 
     def load(self) -> None:
         """Load the model (blocking); raises ModelLoadError."""
@@ -134,6 +140,12 @@ class Worker:
             threads={str(t): c for t, c in pinning.thread_map(os.getpid()).items()},
             stats=self.generator.stats() if self.generator else EngineStats(),
         )
+
+
+def _bind(cores: list[int]) -> None:
+    """Keep the calling thread on `cores` (all of them where none are given)."""
+    if cores:
+        os.sched_setaffinity(0, cores)
 
 
 def gpu_layers(wanted: int) -> tuple[int, str]:
@@ -437,6 +449,7 @@ def main(config: Config, name: str, socket_path: str | None) -> int:
         notifier.send(f"STATUS=failed: {err}")
         log.error("cannot pin %s: %s", name, err)
         return 2
+    start_mask = sorted(os.sched_getaffinity(0))
     # OpenMP reads its binding once, when libgomp loads: set it before any engine import.
     if cores:
         os.environ.update(pinning.omp_environment(cores))
@@ -449,6 +462,8 @@ def main(config: Config, name: str, socket_path: str | None) -> int:
         notifier.send(f"STATUS=failed: {err}")
         log.error("cannot load %s: %s", name, err)
         return 1
+    if cores and (rest := pinning.leave_cores(start_mask, cores)):
+        log.info("compute on cores %s; requests served from cores %s", cores, rest)
     log.info("loaded %s in %.2f s (%s)", name, worker.load_seconds, worker.device_reason)
     asyncio.run(serve(worker, sock, notifier))
     return 0
