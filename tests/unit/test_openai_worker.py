@@ -26,7 +26,7 @@ from cairn.inference.types import (
 )
 from tests.unit.test_chat_templates import HERMES
 
-WEATHER = {
+WEATHER: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",

@@ -172,7 +172,7 @@ def test_a_random_model_writes_json_objects(llama: Any, seed: int) -> None:
         assert isinstance(json.loads(text), dict)
 
 
-WEATHER = {
+WEATHER: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -198,7 +198,7 @@ def test_a_random_model_writes_calls_that_parse(llama: Any, fmt: ToolFormat) -> 
     content, calls = tools.collect(parser.feed(text) + parser.finish())
     assert content is None and len(calls) == 1, text
     args = json.loads(calls[0]["function"]["arguments"])
-    jsonschema.validate(args, WEATHER["function"]["parameters"])  # type: ignore[index]
+    jsonschema.validate(args, WEATHER["function"]["parameters"])
 
 
 def test_an_auto_answer_is_a_call_or_the_schema(llama: Any) -> None:

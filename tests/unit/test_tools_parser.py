@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cairn.inference import tools
-from cairn.inference.tools import CallStart, Content, ToolFormat
+from cairn.inference.tools import CallArgs, CallStart, Content, ToolFormat
 
 NAMES = frozenset({"get_weather"})
 
@@ -127,3 +127,10 @@ def test_generic_messages_carry_calls_and_results_as_text() -> None:
         },
         {"role": "user", "content": "Result of tool call call_1 (get_weather): sunny"},
     ]
+
+
+def test_hermes_arguments_stream_as_they_are_written() -> None:
+    events = by_char(ToolFormat.HERMES, call(ToolFormat.HERMES, "Paris"))
+    assert isinstance(events[0], CallStart) and events[0].name == "get_weather"
+    pieces = [e.text for e in events if isinstance(e, CallArgs)]
+    assert len(pieces) > 5 and "".join(pieces) == '{"city": "Paris"}'

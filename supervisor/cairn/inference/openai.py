@@ -177,7 +177,7 @@ class _Generation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     repeat_last_n: Count | None = None
     # accepted, no effect on the answer
     user: str | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Any = None  # an object of strings; checked in check(), so depth errors say so
     store: bool | None = None
     service_tier: str | None = None
     safety_identifier: str | None = None
@@ -192,6 +192,11 @@ class _Generation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         for name, refused, why in self._refusals():
             if refused:
                 raise RequestError(f"`{name}` is not supported: {why}", name)
+        meta = self.metadata
+        if meta is not None and not (
+            isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+        ):
+            raise RequestError("metadata must be an object of strings", "metadata")
         stops = self.stops()
         if len(stops) > MAX_STOP:
             raise RequestError(f"at most {MAX_STOP} stop sequences are allowed", "stop")

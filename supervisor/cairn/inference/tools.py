@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -281,6 +282,21 @@ class CallArgs:
 Event = Content | CallStart | CallArgs
 
 
+# A hermes block up to where its arguments object starts.
+_HERMES_HEAD = re.compile(
+    r'<tool_call>\s*\{\s*"name"\s*:\s*"([^"\\]*)"\s*,\s*"arguments"\s*:\s*(?=\{)'
+)
+
+
+@dataclass
+class _Open:
+    """A call being streamed: its index, where its arguments start, how much of them went out."""
+
+    index: int
+    at: int
+    sent: int = 0
+
+
 class CallParser:
     """Splits streamed output into content and calls; text that may still become a call is held."""
 
@@ -290,6 +306,7 @@ class CallParser:
         self.calls = 0
         self._buf = ""
         self._in_call = False  # hermes: inside <tool_call>...
+        self._open: _Open | None = None  # hermes: the call whose arguments are streaming
         self._content = not names  # json formats: the answer is known to be text
 
     def feed(self, text: str) -> list[Event]:
@@ -360,15 +377,12 @@ class CallParser:
             if self._in_call:
                 end = self._buf.find(HERMES_CLOSE)
                 if end < 0 and not final:
-                    return out
-                block = self._buf[len(HERMES_OPEN) : end if end >= 0 else len(self._buf)]
-                rest = self._buf[end + len(HERMES_CLOSE) :] if end >= 0 else ""
-                call = self._hermes_block(block)
-                if call is None:  # not a call after all: the text stands as it was written
-                    raw = self._buf[: len(self._buf) - len(rest)]
-                    out.append(Content(raw))
-                else:
-                    out.extend(self._call(*call))
+                    return out + self._stream_args()
+                stop = end if end >= 0 else len(self._buf)
+                rest = self._buf[stop + len(HERMES_CLOSE) :] if end >= 0 else ""
+                out.extend(
+                    self._close_block(self._buf[:stop], self._buf[: len(self._buf) - len(rest)])
+                )
                 self._buf, self._in_call = rest, False
                 if not rest:
                     return out
@@ -388,12 +402,49 @@ class CallParser:
                 out.append(Content(text))
             return out
 
+    def _stream_args(self) -> list[Event]:
+        """An open <tool_call> block: its start once the name is in, then its arguments as they
+        grow, less what may still be the block's own closing brace or tag."""
+        out: list[Event] = []
+        if self._open is None:
+            m = _HERMES_HEAD.match(self._buf)
+            if m is None or m[1] not in self.names:
+                return out
+            self._open = _Open(self.calls, m.end())
+            self.calls += 1
+            out.append(CallStart(self._open.index, new_call_id(), m[1]))
+        avail = self._buf[self._open.at :]
+        avail = avail[: len(avail) - _partial_tail(avail, HERMES_CLOSE)].rstrip("} \t\r\n")
+        if len(avail) > self._open.sent:
+            out.append(CallArgs(self._open.index, avail[self._open.sent :]))
+            self._open.sent = len(avail)
+        return out
+
+    def _close_block(self, block: str, written: str) -> list[Event]:
+        """A whole block (without its closing tag; written: with it) as a call or as content."""
+        opened, self._open = self._open, None
+        call = self._hermes_block(block)
+        if opened is not None:  # already streaming: send the rest of its arguments
+            args = call[1] if call is not None else block[opened.at :].rstrip()
+            tail = args[opened.sent :]
+            return [CallArgs(opened.index, tail)] if tail else []
+        if call is None:  # not a call after all: the text stands as it was written
+            return [Content(written)]
+        return self._call(*call)
+
     def _hermes_block(self, block: str) -> tuple[str, str] | None:
+        """(name, arguments as written) of a block that holds one call to a known tool."""
         try:
-            doc = json.loads(block.strip())
+            doc = json.loads(block[len(HERMES_OPEN) :].strip())
         except ValueError:
             return None
-        return self._parse_one(doc, "arguments")
+        call = self._parse_one(doc, "arguments")
+        m = _HERMES_HEAD.match(block)
+        if call is None or m is None or m[1] != call[0]:
+            return call
+        # The arguments' own text, so that streamed pieces and the whole answer agree.
+        _, end = json.JSONDecoder().raw_decode(block, m.end())
+        return call[0], block[m.end() : end]
 
 
 def _partial_tail(text: str, marker: str) -> int:
