@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import openai
 import pytest
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageFunctionToolCall, ChatCompletionMessageParam
 from pydantic import BaseModel, Field
 
 from cairn.inference.demo_gguf import write_tiny_llama
@@ -113,6 +113,7 @@ def test_a_tool_loop(node: Node) -> None:
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls"
     (call,) = choice.message.tool_calls or []
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
     assert call.id.startswith("call_") and call.function.name == "get_weather"
     GetWeather.model_validate_json(call.function.arguments)
     answer = c.chat.completions.create(

@@ -484,7 +484,8 @@ async def test_chat_logprobs_shape(client: TestClient, engine: ScriptedEngine) -
     await post(client, "/v1/chat/completions", chat(logprobs=True))
     assert engine.params.logprobs == 0
     _, doc = await post(client, "/v1/chat/completions", chat())
-    assert engine.params.logprobs is None and doc["choices"][0]["logprobs"] is None
+    plain = engine.asked[-1][1]
+    assert plain.logprobs is None and doc["choices"][0]["logprobs"] is None
 
 
 async def test_streamed_chat_logprobs_ride_on_their_chunks(

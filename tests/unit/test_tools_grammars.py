@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jsonschema
 import pytest
@@ -28,7 +28,7 @@ class Person(BaseModel):
     age: int
     height: float
     member: bool
-    tags: list[str] = Field(max_length=2)
+    tags: list[Annotated[str, Field(max_length=5)]] = Field(max_length=2)
     home: Address
     nick: str | None = None
 
@@ -126,7 +126,8 @@ def test_two_tools_with_same_named_defs_keep_their_own() -> None:
     )
     assert plan.grammar is not None
     rules = dict(line.split(" ::= ", 1) for line in plan.grammar.strip().splitlines())
-    assert rules["s1-Item"] == "integer" and rules["s2-Item"] == "boolean"
+    assert rules["call-0-arguments-x"] == "integer"
+    assert rules["call-1-arguments-x"] == "boolean"
 
 
 # ---- the grammars, run by llama.cpp on a random model -----------------------------------
@@ -143,7 +144,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def generate(llama: Any, grammar: str, seed: int) -> tuple[str, str]:
-    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import LlamaGrammar
 
     out = llama.create_completion(
         "x",

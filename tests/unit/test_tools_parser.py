@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ def call(fmt: ToolFormat, city: str) -> str:
     return json.dumps({"tool_calls": [{"name": "get_weather", "arguments": args}]})
 
 
-def whole(fmt: ToolFormat, text: str) -> tuple[str | None, list[dict[str, object]]]:
+def whole(fmt: ToolFormat, text: str) -> tuple[str | None, list[dict[str, Any]]]:
     p = tools.CallParser(fmt, NAMES)
     return tools.collect(p.feed(text) + p.finish())
 

@@ -180,6 +180,8 @@ def _allowed(node: dict[str, Any], path: str) -> set[str]:
         return {"type", "minLength", "maxLength"}
     if kind == "object" or not node:
         return {"type", "additionalProperties"}  # any object (additionalProperties: true)
+    if kind is None and set(node) - _ANNOTATIONS - set(_DEFS):
+        return set()  # only keywords the converter does not know: the first is named
     if kind is None:
         raise SchemaError(
             "a schema needs a `type` (or `const`, `enum`, `anyOf`, `$ref`, `properties`, `items`)",
@@ -261,19 +263,29 @@ class Builder:
         from llama_cpp.llama_grammar import SchemaConverter
 
         order = {name: i for i, name in enumerate(prop_order or [])}
-        self._conv = SchemaConverter(
+        self._conv = SchemaConverter(  # type: ignore[no-untyped-call]
             prop_order=order, allow_fetch=False, dotall=False, raw_pattern=False
         )
         self._n = 0
         self._rules: list[str] = []
 
-    def add(self, schema: dict[str, Any], name: str) -> str:
-        """Convert a (checked) schema under the rule `name` ("" for root); refs stay its own."""
+    def own(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """A copy of a (checked) schema with its local refs resolved for this grammar alone.
+
+        The copy is for add(), or to embed in a larger schema (a tool's parameters in its call).
+        """
         self._n += 1
-        own = _own_defs(copy.deepcopy(schema), f"s{self._n}")
+        tag = f"s{self._n}"
         try:
-            resolved = self._conv.resolve_refs(own, f"s{self._n}")
-            return str(self._conv.visit(resolved, name))
+            return dict(self._conv.resolve_refs(_own_defs(copy.deepcopy(schema), tag), tag))
+        except (AssertionError, KeyError, ValueError, TypeError, RecursionError) as err:
+            raise SchemaError(f"the schema cannot be turned into a grammar: {err}", "") from None
+
+    def add(self, schema: dict[str, Any], name: str) -> str:
+        """Convert a (checked) schema under the rule `name` ("" for root)."""
+        resolved = self.own(schema)
+        try:
+            return str(self._conv.visit(resolved, name))  # type: ignore[no-untyped-call]
         except (AssertionError, KeyError, IndexError, ValueError, TypeError, RecursionError) as err:
             # What check() let through but the converter still cannot take, e.g. a ref into
             # the middle of another definition.
@@ -285,7 +297,8 @@ class Builder:
 
     def text(self) -> str:
         """The GBNF: the converter's rules, with a `char` that keeps JSON strings valid."""
-        rules = _CHAR_RULE.sub(lambda _: _JSON_CHAR, self._conv.format_grammar())
+        converted = self._conv.format_grammar()  # type: ignore[no-untyped-call]
+        rules = _CHAR_RULE.sub(lambda _: _JSON_CHAR, converted)
         return "\n".join([rules, *self._rules]) + "\n"
 
 

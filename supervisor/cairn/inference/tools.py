@@ -135,7 +135,7 @@ def _calls_rule(b: Builder, fmt: ToolFormat, tools: list[dict[str, Any]], parall
     alts = [
         {
             "type": "object",
-            "properties": {"name": {"const": _name(t)}, key: _parameters(t)},
+            "properties": {"name": {"const": _name(t)}, key: b.own(_parameters(t))},
             "required": ["name", key],
         }
         for t in tools
@@ -403,8 +403,11 @@ class CallParser:
             return out
 
     def _stream_args(self) -> list[Event]:
-        """An open <tool_call> block: its start once the name is in, then its arguments as they
-        grow, less what may still be the block's own closing brace or tag."""
+        """An open <tool_call> block: its start once the name is in, then its arguments.
+
+        The arguments go out as they grow, less what may still be the block's own closing
+        brace or tag.
+        """
         out: list[Event] = []
         if self._open is None:
             m = _HERMES_HEAD.match(self._buf)
