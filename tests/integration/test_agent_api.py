@@ -34,6 +34,15 @@ class GetWeather(BaseModel):
 
 TOOL = openai.pydantic_function_tool(GetWeather, name="get_weather")
 ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Weather in Paris?"}]
+# One call, forced: the first turn of a tool loop.
+MUST_CALL: dict[str, Any] = {
+    "model": "agent",
+    "messages": ASK,
+    "tools": [TOOL],
+    "tool_choice": "required",
+    "parallel_tool_calls": False,
+    "temperature": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +111,7 @@ def _assistant(calls: list[Any]) -> ChatCompletionMessageParam:
 
 def test_a_tool_loop(node: Node) -> None:
     c = client(node)
-    r = c.chat.completions.create(
-        model="agent",
-        messages=ASK,
-        tools=[TOOL],
-        tool_choice="required",
-        parallel_tool_calls=False,
-        temperature=0,
-    )
+    r = c.chat.completions.create(**MUST_CALL)
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls"
     (call,) = choice.message.tool_calls or []
@@ -131,14 +133,7 @@ def test_a_tool_loop(node: Node) -> None:
 
 def test_a_streamed_tool_loop_with_the_sdks_stream_helper(node: Node) -> None:
     c = client(node)
-    with c.chat.completions.stream(
-        model="agent",
-        messages=ASK,
-        tools=[TOOL],
-        tool_choice="required",
-        parallel_tool_calls=False,
-        temperature=0,
-    ) as s:
+    with c.chat.completions.stream(**MUST_CALL) as s:
         kinds = {event.type for event in s}
         final = s.get_final_completion()
     assert "tool_calls.function.arguments.done" in kinds

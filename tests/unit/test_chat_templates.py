@@ -4,6 +4,7 @@ from the template, and a template's refusal is a TemplateError."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,15 @@ TOOL = {
 }
 
 
+def called(name: str, arguments: str, result: str) -> list[dict[str, Any]]:
+    """An assistant message calling one function (content null), and the tool's answer."""
+    call = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": result},
+    ]
+
+
 def template(source: str | None) -> ChatTemplate:
     return ChatTemplate(source, bos="<s>", eos="</s>")
 
@@ -82,18 +92,7 @@ def test_assistant_calls_render_with_object_arguments(source: str) -> None:
     messages = tools.template_messages(
         [
             {"role": "user", "content": "1+2?"},
-            {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {
-                        "id": "call_1",
-                        "type": "function",
-                        "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'},
-                    }
-                ],
-            },
-            {"role": "tool", "tool_call_id": "call_1", "content": "3"},
+            *called("add", '{"a": 1, "b": 2}', "3"),
         ],
         fmt,
         None,

@@ -24,7 +24,7 @@ from cairn.inference.types import (
     TooManyTokens,
     TopLogprob,
 )
-from tests.unit.test_chat_templates import HERMES
+from tests.unit.test_chat_templates import HERMES, called
 
 WEATHER: dict[str, Any] = {
     "type": "function",
@@ -233,18 +233,7 @@ async def test_a_tool_loop_conversation_renders_calls_and_results(
 ) -> None:
     messages = [
         {"role": "user", "content": "Weather in Paris?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_abc",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_abc", "content": "sunny, 21 C"},
+        *called("get_weather", '{"city": "Paris"}', "sunny, 21 C"),
     ]
     status, doc = await post(
         client, "/v1/chat/completions", {"model": "m", "messages": messages, "tools": [WEATHER]}

@@ -9,6 +9,7 @@ import pytest
 
 from cairn.inference import tools
 from cairn.inference.tools import CallArgs, CallStart, Content, ToolFormat
+from tests.unit.test_chat_templates import called
 
 NAMES = frozenset({"get_weather"})
 
@@ -104,18 +105,7 @@ def test_generic_messages_carry_calls_and_results_as_text() -> None:
     out = tools.template_messages(
         [
             {"role": "developer", "content": "Be brief."},
-            {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {
-                        "id": "call_1",
-                        "type": "function",
-                        "function": {"name": "get_weather", "arguments": '{"city": "P"}'},
-                    }
-                ],
-            },
-            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+            *called("get_weather", '{"city": "P"}', "sunny"),
         ],
         ToolFormat.GENERIC,
         "TOOLS",
