@@ -77,6 +77,10 @@ def test_a_pydantic_models_schema_passes() -> None:
         ({"description": "anything"}, "", "type"),
         ({"type": "object", "properties": {"a": True}}, "properties.a", "boolean"),
         ({"type": "strin"}, "type", "unknown"),
+        # Bounds llama.cpp's parser would recurse into until the worker's stack overflows.
+        ({"type": "string", "maxLength": 50_000}, "maxLength", "1000"),
+        ({"type": "array", "items": {"type": "null"}, "minItems": 5000}, "minItems", "1000"),
+        ({"type": "string", "pattern": "^a{1,50000}$"}, "pattern", "1000"),
         (
             {"$defs": {"D": {"type": "integer", "maximum": 3}}, "type": "string"},
             "$defs.D.maximum",
@@ -227,6 +231,8 @@ def test_the_grammar_paths_use_llama_cpp_parser(tmp_path: Path) -> None:
         built = [
             grammars.json_object_grammar(),
             grammars.schema_grammar(Person.model_json_schema()),
+            grammars.schema_grammar({"type": "string", "maxLength": grammars.MAX_REPEAT}),
+            grammars.schema_grammar({"type": "string", "pattern": "^a{2,1000}$"}),
             *(
                 tools.plan(
                     fmt, [WEATHER], choice, named="get_weather", parallel=True, answer={}

@@ -43,6 +43,9 @@ _JSON_CHAR = (
     r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] '
     r"[0-9a-fA-F] [0-9a-fA-F])"
 )
+# The converter writes a bound of n as n nested groups, and llama.cpp's grammar parser recurses
+# into each: a few tens of thousands overflow a worker's stack. Bounds over this are refused.
+MAX_REPEAT = 1000
 _REF_DEFS = re.compile(r"^#/(\$defs|definitions)/([^/]+)$")
 
 
@@ -92,6 +95,8 @@ def _count(node: dict[str, Any], key: str, path: str) -> None:
     value = node.get(key)
     if key in node and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise SchemaError(f"`{key}` must be a non-negative integer", _join(path, key))
+    if key in node and value > MAX_REPEAT:
+        raise SchemaError(f"`{key}` over {MAX_REPEAT} is not supported", _join(path, key))
 
 
 def _check(node: Any, path: str) -> None:
@@ -252,6 +257,8 @@ def _pattern(pattern: Any, path: str) -> None:
             )
         if body.startswith("(?", at):
             raise SchemaError("`pattern` groups with (? are not supported", path)
+        if m[0].startswith("{") and max(map(int, re.findall(r"\d+", m[0]))) > MAX_REPEAT:
+            raise SchemaError(f"`pattern` repetitions over {MAX_REPEAT} are not supported", path)
         at = m.end()
 
 
