@@ -4,6 +4,7 @@ itself, through llama-cpp-python's own sampler, so this holds apart from Cairn's
 
 from __future__ import annotations
 
+import ctypes
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,6 +246,15 @@ def test_the_grammar_paths_use_llama_cpp_parser(tmp_path: Path) -> None:
             assert g is not None
             sampler = llama_cpp.llama_sampler_init_grammar(vocab, g.encode(), b"root")
             assert sampler, g
+            llama_cpp.llama_sampler_free(sampler)
+        for fmt in ToolFormat:  # tool_choice auto: lazy, from the format's trigger
+            lazy = tools.plan(fmt, [WEATHER], "auto", parallel=True, answer=None)
+            assert lazy.grammar is not None and len(lazy.triggers) == 1
+            patterns = (ctypes.c_char_p * 1)(lazy.triggers[0].encode())
+            sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                vocab, lazy.grammar.encode(), b"root", patterns, 1, None, 0
+            )
+            assert sampler, fmt
             llama_cpp.llama_sampler_free(sampler)
     finally:
         llama_cpp.llama_model_free(model)

@@ -143,7 +143,8 @@ def _calls_rule(b: Builder, fmt: ToolFormat, tools: list[dict[str, Any]], parall
     call: dict[str, Any] = alts[0] if len(alts) == 1 else {"anyOf": alts}
     if fmt is ToolFormat.HERMES:
         one = b.add(call, "call")
-        b.rule(f'tool-call ::= "{HERMES_OPEN}\\n" {one} "\\n{HERMES_CLOSE}"')
+        # Newlines optional: a lazy grammar starts on whatever the trigger's token held.
+        b.rule(f'tool-call ::= "{HERMES_OPEN}" "\\n"? {one} "\\n"? "{HERMES_CLOSE}"')
         b.rule('calls ::= tool-call ("\\n" tool-call)*' if parallel else "calls ::= tool-call")
         return "calls"
     if fmt is ToolFormat.LLAMA3:  # one call per answer: the format has no way to write more
