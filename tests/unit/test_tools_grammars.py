@@ -31,7 +31,7 @@ class Person(BaseModel):
     member: bool
     tags: list[Annotated[str, Field(max_length=5)]] = Field(max_length=2)
     home: Address
-    nick: str | None = None
+    nick: Annotated[str, Field(max_length=4)] | None = None
 
 
 def test_a_pydantic_models_schema_passes() -> None:

@@ -92,10 +92,12 @@ def _fits(value: Any, kind: Any) -> bool:
 
 
 def _count(node: dict[str, Any], key: str, path: str) -> None:
-    value = node.get(key)
-    if key in node and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+    if key not in node:
+        return
+    value = node[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise SchemaError(f"`{key}` must be a non-negative integer", _join(path, key))
-    if key in node and value > MAX_REPEAT:
+    if value > MAX_REPEAT:
         raise SchemaError(f"`{key}` over {MAX_REPEAT} is not supported", _join(path, key))
 
 
