@@ -36,6 +36,7 @@ def test_a_valid_request_passes() -> None:
             "dimensions",
         ),
         ("/chat/completions", body(logit_bias={"a": 1}), "logit_bias"),
+        ("/chat/completions", body(logit_bias={"\u00b2": 1}), "logit_bias"),  # a digit to str
         ("/chat/completions", body(logit_bias={"1": 101}), "logit_bias"),
     ],
 )

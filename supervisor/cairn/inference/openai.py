@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/v1"  # where the daemon mounts the app below
 MAX_STOP = 4
 T = TypeVar("T")
+V = TypeVar("V")
 _OWN = web.AppKey("openai", bool)  # marks the app: auth answers its refusals in this shape too
 
 
@@ -151,8 +152,13 @@ MaxTokens = Annotated[int, msgspec.Meta(ge=1)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
-# Fields accepted though they change nothing in the answer (bookkeeping, routing hints).
-NO_EFFECT = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key")
+_OFF = SamplingParams()  # the samplers' neutral settings
+OPENAI_TEMPERATURE = OPENAI_TOP_P = 1.0  # OpenAI's defaults, not llama.cpp's
+
+
+def _given(value: V | None, default: V) -> V:
+    """A field's value, or its default where it is null or absent."""
+    return default if value is None else value
 
 
 class _Generation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -201,7 +207,7 @@ class _Generation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         if len(stops) > MAX_STOP:
             raise RequestError(f"at most {MAX_STOP} stop sequences are allowed", "stop")
         for key in self.logit_bias or {}:
-            if not key.isdigit():
+            if not (key.isascii() and key.isdigit()):
                 raise RequestError(
                     f"logit_bias keys must be token ids (non-negative integers), not {key!r}",
                     "logit_bias",
@@ -228,16 +234,16 @@ class _Generation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         """The engine's view of these settings (check() passed)."""
         return SamplingParams(
             max_tokens=self._limit(),
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
+            temperature=_given(self.temperature, OPENAI_TEMPERATURE),
+            top_p=_given(self.top_p, OPENAI_TOP_P),
             seed=self.seed,
             stop=self.stops(),
-            top_k=self.top_k or 0,
-            min_p=self.min_p or 0.0,
-            repeat_penalty=1.0 if self.repeat_penalty is None else self.repeat_penalty,
-            presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            penalty_last_n=64 if self.repeat_last_n is None else self.repeat_last_n,
+            top_k=_given(self.top_k, _OFF.top_k),
+            min_p=_given(self.min_p, _OFF.min_p),
+            repeat_penalty=_given(self.repeat_penalty, _OFF.repeat_penalty),
+            presence_penalty=_given(self.presence_penalty, _OFF.presence_penalty),
+            frequency_penalty=_given(self.frequency_penalty, _OFF.frequency_penalty),
+            penalty_last_n=_given(self.repeat_last_n, _OFF.penalty_last_n),
             logit_bias=tuple(sorted((int(k), v) for k, v in (self.logit_bias or {}).items())),
             logprobs=self._logprobs(),
             grammar=grammar,
