@@ -14,15 +14,17 @@ import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cairn.config import Config, ModelConfig, ModelKind
-from cairn.inference import openai, pinning
+from cairn.inference import grammars, openai, pinning, tools
+from cairn.inference.chat import ChatTemplate, TemplateError
 from cairn.inference.types import (
     Chunk,
     EngineStats,
@@ -31,16 +33,14 @@ from cairn.inference.types import (
     PromptTooLong,
     QueueFull,
     SamplingParams,
+    TokenLogprob,
+    TooManyTokens,
     WorkerHealth,
 )
 from cairn.system.sdnotify import Notifier
 
-if TYPE_CHECKING:  # at run time only after the OpenMP environment is set (see main)
-    from cairn.inference.chat import ChatTemplate
-
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_TOKENS = 256
 SUPERVISOR_PID_ENV = "CAIRN_SUPERVISOR_PID"
 PR_SET_PDEATHSIG = 1
 RETRY_AFTER_S = "1"
@@ -189,64 +189,120 @@ def _busy(model: str) -> web.Response:
     )
 
 
-async def _generate(
-    request: web.Request,
-    prompt: str,
-    params: SamplingParams,
-    *,
-    chat: bool,
-    include_usage: bool,
-    stream: bool,
-) -> web.StreamResponse:
+@dataclass
+class _Job:
+    """One validated text request, ready for the engine."""
+
+    prompt: str
+    params: SamplingParams
+    req: openai.ChatRequest | openai.CompletionRequest
+    parser: tools.CallParser | None = None  # chat: splits the output into content and calls
+    grammar_param: str | None = None  # the request field the grammar came from
+
+    @property
+    def chat(self) -> bool:
+        return self.parser is not None
+
+
+def _refused(job: _Job, err: ValueError) -> web.Response:
+    """The engine's ValueError as a 400 naming the field the request got wrong."""
+    chat = job.chat
+    if isinstance(err, TooManyTokens):
+        param: str | None = job.req.limit_param()
+    elif isinstance(err, PromptTooLong):
+        param = "messages" if chat else "prompt"
+    else:
+        param = getattr(err, "param", None)
+        if param is None and job.params.grammar and "grammar" in str(err).lower():
+            param = job.grammar_param
+    code = "context_length_exceeded" if isinstance(err, PromptTooLong | TooManyTokens) else None
+    return openai.error(400, str(err), "invalid_request_error", param=param, code=code)
+
+
+def _deltas(events: list[tools.Event]) -> list[dict[str, Any]]:
+    """Parser events as chat.completion.chunk deltas, shaped as OpenAI streams tool calls."""
+    out: list[dict[str, Any]] = []
+    for e in events:
+        if isinstance(e, tools.Content):
+            out.append({"content": e.text})
+        elif isinstance(e, tools.CallStart):
+            call = {"index": e.index, "id": e.id, "type": "function"}
+            out.append({"tool_calls": [{**call, "function": {"name": e.name, "arguments": ""}}]})
+        else:
+            out.append({"tool_calls": [{"index": e.index, "function": {"arguments": e.text}}]})
+    return out
+
+
+async def _generate(request: web.Request, job: _Job) -> web.StreamResponse:
     worker = request.app[WORKER]
     assert worker.generator is not None
     name = worker.model.name
-    env = openai.Envelope(name, "chatcmpl" if chat else "cmpl")
-    gen = worker.generator.generate(prompt, params)
+    chat, stream, parser = job.chat, bool(job.req.stream), job.parser
+    include_usage = job.req.wants_usage()
+    env = openai.Envelope(name, "chatcmpl" if chat else "cmpl", stream_usage=include_usage)
+    want_lp = job.params.logprobs is not None
+    offset = 0 if chat else len(job.prompt)  # completions' text_offset counts the prompt too
+    gen = worker.generator.generate(job.prompt, job.params)
     try:
         try:
             chunk = await _first(gen)
         except QueueFull:
             return _busy(name)
-        except ValueError as err:  # PromptTooLong, max_tokens < 1: the request's fault
-            return openai.error(
-                400,
-                str(err),
-                "invalid_request_error",
-                param="messages" if chat else "prompt",
-                code="context_length_exceeded" if isinstance(err, PromptTooLong) else None,
-            )
+        except ValueError as err:  # prompt or max_tokens too long, a grammar refused, ...
+            return _refused(job, err)
         if not stream:
-            parts = [chunk.text]
+            parts, lps = [chunk.text], list(chunk.logprobs)
             while chunk.finish_reason is None:
                 chunk = await gen.__anext__()
                 parts.append(chunk.text)
+                lps.extend(chunk.logprobs)
             extra = {"timings": openai.timings_json(chunk.timings, worker.take_cold())}
-            body = (
-                env.chat("".join(parts), chunk, extra)
-                if chat
-                else env.text("".join(parts), chunk, extra)
-            )
-            return web.json_response(body, dumps=lambda o: msgspec.json.encode(o).decode())
+            text = "".join(parts)
+            if parser is None:
+                lp = openai.text_logprobs(lps, offset) if want_lp else None
+                return _json(env.text(text, chunk, lp, extra))
+            content, calls = tools.collect(parser.feed(text) + parser.finish())
+            message: dict[str, Any] = {"content": content}
+            if calls:
+                message["tool_calls"] = calls
+            finish = "tool_calls" if calls else str(chunk.finish_reason)
+            lp = openai.chat_logprobs(lps) if want_lp else None
+            return _json(env.chat(message, finish, chunk, lp, extra))
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
         if chat:
             await resp.write(_sse(env.chat_chunk({"role": "assistant", "content": ""}, None)))
+        pending: list[TokenLogprob] = []  # logprobs of tokens whose text is still held back
+
+        def logprobs() -> dict[str, Any] | None:
+            nonlocal offset
+            if not (want_lp and pending):
+                return None
+            lp = openai.chat_logprobs(pending) if chat else openai.text_logprobs(pending, offset)
+            offset += sum(len(e.token) for e in pending)
+            pending.clear()
+            return lp
+
         while True:
-            if chunk.text:
-                piece = (
-                    env.chat_chunk({"content": chunk.text}, None)
-                    if chat
-                    else env.text_chunk(chunk.text, None)
-                )
-                await resp.write(_sse(piece))
+            pending.extend(chunk.logprobs)
+            if parser is not None:
+                events = parser.feed(chunk.text)
+                if chunk.finish_reason is not None:
+                    events += parser.finish()
+                for delta in _deltas(events):
+                    await resp.write(_sse(env.chat_chunk(delta, None, logprobs())))
+            elif chunk.text:
+                await resp.write(_sse(env.text_chunk(chunk.text, None, logprobs())))
             if chunk.finish_reason is not None:
                 break
             chunk = await gen.__anext__()
-        reason = str(chunk.finish_reason)
-        last = env.chat_chunk({}, reason) if chat else env.text_chunk("", reason)
+        if parser is not None:
+            reason = "tool_calls" if parser.calls else str(chunk.finish_reason)
+            last = env.chat_chunk({}, reason, logprobs())
+        else:
+            last = env.text_chunk("", str(chunk.finish_reason), logprobs())
         last["timings"] = openai.timings_json(chunk.timings, worker.take_cold())
         await resp.write(_sse(last))
         if include_usage:
@@ -261,8 +317,53 @@ async def _generate(
         await gen.aclose()
 
 
+def _json(body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, dumps=lambda o: msgspec.json.encode(o).decode())
+
+
 def _bad_request(err: openai.RequestError) -> web.Response:
     return openai.error(400, str(err), "invalid_request_error", param=err.param)
+
+
+def _function_tool(tool: openai.Tool) -> dict[str, Any]:
+    """A tools entry as OpenAI's JSON (unset fields left out), what templates expect."""
+    f = tool.function
+    function: dict[str, Any] = {"name": f.name}
+    if f.description is not None:
+        function["description"] = f.description
+    if f.parameters is not None:
+        function["parameters"] = f.parameters
+    return {"type": "function", "function": function}
+
+
+def chat_job(req: openai.ChatRequest, template: ChatTemplate) -> _Job:
+    """Render a checked chat request's prompt and build its sampling settings."""
+    fmt = template.tool_format
+    offered = [_function_tool(t) for t in req.tools or []]
+    choice, named = req.choice()
+    try:
+        plan = tools.plan(
+            fmt,
+            offered,
+            choice,
+            named=named,
+            parallel=req.parallel_tool_calls is not False,
+            answer=req.answer_schema(),
+        )
+    except grammars.SchemaError as err:  # what check() let through but the converter refused
+        raise openai.RequestError(str(err), "tools" if offered else "response_format") from None
+    messages = tools.template_messages([m.template() for m in req.messages], fmt, plan.system)
+    try:
+        prompt = template.render(messages, plan.template_tools)
+    except TemplateError as err:
+        raise openai.RequestError(str(err), "messages") from None
+    return _Job(
+        prompt=prompt,
+        params=req.sampling(plan.grammar, plan.triggers),
+        req=req,
+        parser=tools.CallParser(fmt, plan.names),
+        grammar_param="tools" if plan.names else "response_format",
+    )
 
 
 async def _text(
@@ -275,22 +376,14 @@ async def _text(
             raise openai.RequestError(
                 f"model '{worker.model.name}' serves embeddings only", "model"
             )
-        chat = isinstance(req, openai.ChatRequest)
-        wanted = req.max_completion_tokens if isinstance(req, openai.ChatRequest) else None
-        params = req.sampling(wanted or req.max_tokens or DEFAULT_MAX_TOKENS)
-        openai.check_stop(params.stop)
+        req.check()
+        if isinstance(req, openai.ChatRequest):
+            job = chat_job(req, worker.generator.chat_template)
+        else:
+            job = _Job(prompt=req.text(), params=req.sampling(), req=req)
     except openai.RequestError as err:
         return _bad_request(err)
-    if isinstance(req, openai.ChatRequest):
-        prompt = worker.generator.chat_template.render(
-            [{"role": m.role, "content": m.text()} for m in req.messages]
-        )
-    else:
-        prompt = req.text()
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return await _generate(
-        request, prompt, params, chat=chat, include_usage=include_usage, stream=req.stream
-    )
+    return await _generate(request, job)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -308,6 +401,7 @@ async def embeddings(request: web.Request) -> web.Response:
     worker = request.app[WORKER]
     try:
         req = openai.parse(await request.read(), openai.EmbeddingRequest)
+        req.check()
         if worker.embedder is None:
             raise openai.RequestError(
                 f"model '{worker.model.name}' is not an embedding model", "model"
@@ -342,7 +436,7 @@ async def embeddings(request: web.Request) -> web.Response:
             "generation": 0.0,
         },
     }
-    return web.json_response(body, dumps=lambda o: msgspec.json.encode(o).decode())
+    return _json(body)
 
 
 async def health(request: web.Request) -> web.Response:
