@@ -81,6 +81,8 @@ _MIN_REUSE = 16
 # Copy another slot's stream only for a prefix at least this much longer than the own one:
 # below it, decoding the difference costs about what the copy does.
 _MIN_COPY = 32
+# After the grammar rejects the chain's pick, this many tokens are sampled grammar-first.
+_GRAMMAR_FIRST_AFTER_REJECT = 8
 # std::regex constructs Python's `re` accepts but ECMAScript does not; llama.cpp compiles the
 # trigger patterns with std::regex, whose exception would abort the process.
 _NON_ECMA = re.compile(r"\(\?[^:=!]|\\[AZzG]")
@@ -130,6 +132,7 @@ class _Request:
     share_from: _Request | None = None
     share_len: int = 0
     cached_tokens: int = 0
+    grammar_first: int = 0  # tokens left to sample grammar-first (see _sample_constrained)
     last_token: int = -1
     completion: int = 0
     unsent_ids: list[int] = field(default_factory=list)
@@ -314,6 +317,8 @@ class LlamaEngine:
         self._cand_arr = llama_cpp.llama_token_data_array(self._cand_buf, self._n_vocab, -1, False)
         self._one_buf = (llama_cpp.llama_token_data * 1)()
         self._one_arr = llama_cpp.llama_token_data_array(self._one_buf, 1, -1, False)
+        self._cand_ref = ctypes.byref(self._cand_arr)
+        self._one_ref = ctypes.byref(self._one_arr)
 
         self._cond = threading.Condition()
         self._waiting: collections.deque[_Request] = collections.deque()
@@ -810,35 +815,46 @@ class LlamaEngine:
 
         The chain picks from the unconstrained row first and the grammar only checks that one
         token, which is cheap; only a token the grammar rejects costs a pass of the grammar
-        over the whole vocabulary and a second pick.
+        over the whole vocabulary and a second pick. After a rejection the next few tokens go
+        grammar-first at once: a model that keeps straying (a random one, or a small
+        vocabulary where the grammar pass is cheap) then pays for one pick, not two.
         """
         grammar = req.grammar
         assert grammar is not None
         logits = self._row(index)
-        cand, arr = self._cand, self._cand_arr
-        cand["id"] = self._cand_ids
-        cand["logit"] = logits
-        arr.size, arr.selected, arr.sorted = self._n_vocab, -1, False
-        llama_cpp.llama_sampler_apply(req.sampler, ctypes.byref(arr))
-        token = int(cand["id"][arr.selected])
-        self._one_buf[0] = llama_cpp.llama_token_data(token, 1.0, 0.0)
-        one = self._one_buf[0]
-        self._one_arr.size, self._one_arr.selected, self._one_arr.sorted = 1, -1, False
-        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(self._one_arr))
-        if one.logit == -math.inf:
-            cand["id"] = self._cand_ids
-            cand["logit"] = logits
-            arr.size, arr.selected, arr.sorted = self._n_vocab, -1, False
-            llama_cpp.llama_sampler_apply(grammar, ctypes.byref(arr))
-            llama_cpp.llama_sampler_apply(req.sampler, ctypes.byref(arr))
-            if arr.selected < 0 or cand["logit"][arr.selected] == -math.inf:
+        token = -1
+        if req.grammar_first == 0:
+            self._fill(logits)
+            llama_cpp.llama_sampler_apply(req.sampler, self._cand_ref)
+            token = int(self._cand["id"][self._cand_arr.selected])
+            self._one_buf[0] = llama_cpp.llama_token_data(token, 1.0, 0.0)
+            self._one_arr.size, self._one_arr.selected, self._one_arr.sorted = 1, -1, False
+            llama_cpp.llama_sampler_apply(grammar, self._one_ref)
+            if self._one_buf[0].logit == -math.inf:
+                token = -1
+                req.grammar_first = _GRAMMAR_FIRST_AFTER_REJECT
+        else:
+            req.grammar_first -= 1
+        if token < 0:
+            self._fill(logits)
+            llama_cpp.llama_sampler_apply(grammar, self._cand_ref)
+            llama_cpp.llama_sampler_apply(req.sampler, self._cand_ref)
+            selected = self._cand_arr.selected
+            if selected < 0 or self._cand["logit"][selected] == -math.inf:
                 return -1
-            token = int(cand["id"][arr.selected])
+            token = int(self._cand["id"][selected])
         llama_cpp.llama_sampler_accept(req.sampler, token)
         # An end-of-generation token ends the request; the grammar never sees it.
         if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
             llama_cpp.llama_sampler_accept(grammar, token)
         return token
+
+    def _fill(self, logits: npt.NDArray[np.float32]) -> None:
+        """Load a row of logits into the candidate array, in vocabulary order."""
+        self._cand["id"] = self._cand_ids
+        self._cand["logit"] = logits
+        arr = self._cand_arr
+        arr.size, arr.selected, arr.sorted = self._n_vocab, -1, False
 
     def _row(self, index: int) -> npt.NDArray[np.float32]:
         """The raw logits of one batch row (valid until the next decode)."""
