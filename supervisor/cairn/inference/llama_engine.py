@@ -671,19 +671,24 @@ class LlamaEngine:
                 ((s, _common_prefix(s.cached, tokens, limit)) for s in self._slots),
                 key=lambda pair: pair[1],
             )
-            if shared >= reuse + _MIN_COPY:
+            # A longer prefix that another admitted request is still decoding: wait for it.
+            pending = max(
+                (
+                    (other, _common_prefix(other.tokens, tokens, limit))
+                    for other in self._active.values()
+                    if other.phase is _Phase.PROMPT and other.share_from is None
+                ),
+                key=lambda pair: pair[1],
+                default=None,
+            )
+            if pending is not None and pending[1] >= max(reuse, shared) + _MIN_COPY:
+                req.share_from, req.share_len = pending
+                self._copy_prefix(slot, slot, reuse)
+            elif shared >= reuse + _MIN_COPY:
                 self._copy_prefix(donor, slot, shared)
                 reuse = shared
             else:
-                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1)
-                del slot.cached[reuse:]
-                # A longer prefix that another admitted request is still decoding.
-                for other in self._active.values():
-                    if other.phase is _Phase.PROMPT and other.share_from is None:
-                        common = _common_prefix(other.tokens, tokens, limit)
-                        if common >= reuse + _MIN_COPY:
-                            req.share_from, req.share_len = other, common
-                            break
+                self._copy_prefix(slot, slot, reuse)
             req.slot = slot
             slot.req = req
             slot.used_at = time.monotonic()
@@ -694,7 +699,10 @@ class LlamaEngine:
             self._active[slot.seq_id] = req
 
     def _copy_prefix(self, donor: _Slot, slot: _Slot, length: int) -> None:
-        """Give slot the first `length` tokens of donor's KV (a whole-stream copy, then a cut)."""
+        """Give slot the first `length` tokens of donor's KV (a whole-stream copy, then a cut).
+
+        With donor == slot, this only cuts the slot's own cache to its first `length` tokens.
+        """
         if donor is not slot:
             # Across streams llama.cpp copies whole streams only; the data moves at the start
             # of the next llama_decode, before that batch writes anything.
