@@ -136,7 +136,7 @@ def test_openapi_schema_lists_exactly_the_struct_fields(
 def test_engine_stats_are_all_there_or_none_on_the_wire() -> None:
     """An embedding worker reports `{}` as stats, as /health and /status always did."""
     assert msgspec.json.encode(EngineStats()) == b"{}"
-    full = EngineStats(1, 0, 0, 0, 0, 0, 0, 0.0, 0.0)
+    full = EngineStats(1, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0)
     assert set(msgspec.to_builtins(full)) == set(EngineStats.__struct_fields__)
     assert msgspec.json.decode(b"{}", type=EngineStats) == EngineStats()
 
@@ -214,7 +214,9 @@ FAMILIES = {
     "cairn_memory_total_bytes": "gauge",
     "cairn_memory_used_bytes": "gauge",
     "cairn_model_active_slots": "gauge",
+    "cairn_model_cached_prompt_tokens": "counter",
     "cairn_model_load_seconds": "gauge",
+    "cairn_model_prompt_tokens": "counter",
     "cairn_model_queue_depth": "gauge",
     "cairn_model_request_duration_seconds": "histogram",
     "cairn_model_requests": "counter",

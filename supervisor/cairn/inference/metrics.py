@@ -46,6 +46,23 @@ class InferenceCollector(Collector):
                 lambda s: s.tokens_per_second,
             ),
         ]
+        # Prompt tokens in all, and those taken from a slot's KV cache instead of decoded.
+        counters: list[tuple[CounterMetricFamily, Callable[[EngineStats], float | None]]] = [
+            (
+                CounterMetricFamily(
+                    "cairn_model_prompt_tokens", "Prompt tokens of requests.", labels=["model"]
+                ),
+                lambda s: s.prompt_tokens_total,
+            ),
+            (
+                CounterMetricFamily(
+                    "cairn_model_cached_prompt_tokens",
+                    "Prompt tokens reused from the KV cache, not decoded again.",
+                    labels=["model"],
+                ),
+                lambda s: s.cached_tokens_total,
+            ),
+        ]
         load = GaugeMetricFamily(
             "cairn_model_load_seconds",
             "How long the worker took to load its model.",
@@ -57,11 +74,15 @@ class InferenceCollector(Collector):
             for fam, read in stats:
                 if (value := read(m.stats)) is not None:
                     fam.add_metric([name], float(value))
+            for counter, read in counters:
+                if (value := read(m.stats)) is not None:
+                    counter.add_metric([name], float(value))
             if m.load_seconds is not None:
                 load.add_metric([name], m.load_seconds)
         yield state
         yield load
         yield from (fam for fam, _ in stats)
+        yield from (fam for fam, _ in counters)
         fwd = CounterMetricFamily(
             "cairn_requests_forwarded", "Requests this node passed on to a peer's front."
         )

@@ -138,6 +138,7 @@ class EngineStats(msgspec.Struct, frozen=True, omit_defaults=True):
     cancelled_total: int | None = None
     tokens_per_second: float | None = None  # over the last few seconds of decode time
     stalled_seconds: float | None = None  # work standing still: no decode step finished
+    cached_tokens_total: int | None = None  # prompt tokens taken from the KV cache, not decoded
 
 
 class WorkerHealth(msgspec.Struct, frozen=True):
