@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
@@ -252,3 +253,59 @@ def test_an_upstream_error_is_carried_into_a_stream_unchanged() -> None:
     other = front._carried(502, b"<html>bad gateway</html>")
     assert other["error"]["type"] == "server_error" and "502" in other["error"]["message"]
     assert "bad gateway" in other["error"]["message"]
+
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+EVENT = b'data: {"x": 1}\n\n'
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        SSE_HEAD + b"%x\r\n%s\r\n" % (len(EVENT), EVENT),  # a stream, its end never sent
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 99\r\n\r\n{",
+    ],
+)
+async def test_a_worker_answer_that_breaks_off_is_never_passed_on_as_whole(
+    aiohttp_client: Any, tmp_path: Path, answer: bytes
+) -> None:
+    cfg = config.from_mapping(
+        {
+            "version": 1,
+            "node": {"name": "unit", "state_dir": str(tmp_path)},
+            "inference": {"workers": "systemd", "socket_dir": str(tmp_path / "s")},
+            "models": [{"name": "m", "path": str(tmp_path / "m.gguf"), "kind": "gguf"}],
+        }
+    )
+
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)  # then it dies
+        await writer.drain()
+        writer.close()
+
+    (tmp_path / "s").mkdir()
+    server = await asyncio.start_unix_server(worker, str(tmp_path / "s" / "m.sock"))
+    inf = front.Inference(cfg, tmp_path / "run", cast(Units, _AwakeUnits()))
+    app = web.Application()
+    app.add_subapp(openai.PREFIX, openai.create_app(inf.routes()))
+    client: TestClient = await aiohttp_client(app)
+    body = {"model": "m", "prompt": "x", "stream": True}
+    try:
+        resp = await client.post("/v1/completions", json=body)
+        assert resp.status == 200
+        if resp.content_type == "text/event-stream":
+            lines = (await resp.read()).split(b"\n\n")
+            assert lines[0] == EVENT.strip()
+            error = json.loads(lines[1].removeprefix(b"data: "))["error"]
+            assert (error["type"], error["code"]) == ("server_error", "stream_interrupted")
+            assert lines[2:] == [b"data: [DONE]", b""]
+        else:  # cut off: the client sees a body that never ended, not a whole one
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        assert inf.streams_broken == 1
+    finally:
+        await inf.stop()
+        server.close()
