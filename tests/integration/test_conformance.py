@@ -170,16 +170,19 @@ def test_agent_answers_match_the_document(node: Node) -> None:
     These answers only exist once tools, response_format and logprobs are honoured; until
     then this test fails on what the worker leaves out, which is the point.
     """
-    tools = {"model": "demo", "messages": CHAT, "tools": [WEATHER], "max_tokens": 64, "seed": 1}
-    status, doc = checked(
-        node, "POST", "/v1/chat/completions", {**tools, "tool_choice": "required"}
-    )
-    assert status == 200, doc
-    choice = doc["choices"][0]
-    assert choice["finish_reason"] == "tool_calls" and choice["message"]["tool_calls"], choice
-    call_ = choice["message"]["tool_calls"][0]
-    assert call_["function"]["name"] == "get_weather"
-    assert isinstance(json.loads(call_["function"]["arguments"]), dict)
+    tools = {"model": "demo", "messages": CHAT, "tools": [WEATHER], "max_tokens": 400, "seed": 1}
+    made = {}
+    for limit in (400, 64):  # room for a call; a call cut off (mid-arguments, seed 1)
+        body = {**tools, "tool_choice": "required", "max_tokens": limit}
+        status, doc = checked(node, "POST", "/v1/chat/completions", body)
+        assert status == 200, doc
+        choice = doc["choices"][0]
+        made[limit] = choice["message"].get("tool_calls") or []
+        # A call is whole (its arguments a JSON object) or it is not a call at all.
+        assert all(isinstance(json.loads(c["function"]["arguments"]), dict) for c in made[limit])
+        assert (choice["finish_reason"] == "tool_calls") == bool(made[limit]), choice
+    assert made[400][0]["function"]["name"] == "get_weather" and not made[64]
+    assert json.loads(made[400][0]["function"]["arguments"])["city"] in ("Oslo", "Bergen")
 
     stream = {**tools, "tool_choice": "required", "stream": True}
     status, chunks = checked(node, "POST", "/v1/chat/completions", stream)
@@ -216,13 +219,15 @@ def test_agent_answers_match_the_document(node: Node) -> None:
 
     schema = {
         "type": "object",
-        "properties": {"city": {"type": "string"}, "warm": {"type": "boolean"}},
+        # Bounded: the whole answer fits in max_tokens, so it always ends by itself.
+        "properties": {"city": {"type": "string", "maxLength": 20}, "warm": {"type": "boolean"}},
         "required": ["city", "warm"],
         "additionalProperties": False,
     }
     fmt = {"type": "json_schema", "json_schema": {"name": "w", "schema": schema, "strict": True}}
-    body = {"model": "demo", "messages": CHAT, "max_tokens": 200, "response_format": fmt}
+    body = {"model": "demo", "messages": CHAT, "max_tokens": 400, "response_format": fmt}
     status, doc = checked(node, "POST", "/v1/chat/completions", body)
+    assert doc["choices"][0]["finish_reason"] == "stop", doc
     jsonschema.validate(json.loads(doc["choices"][0]["message"]["content"]), schema)
 
     turn = {"model": "demo", "messages": CHAT * 20, "max_tokens": 2, "temperature": 0}
@@ -495,6 +500,28 @@ async def test_an_invalid_streaming_request_is_a_400_and_wakes_nothing(
             assert doc["error"]["param"] in ("temperature", "prompt"), doc
         # A wake would have come first: the handler answers only once the worker is up.
         assert now(unit) is Phase.ASLEEP and unit.wakes == 0
+
+
+async def test_a_request_the_workers_checks_refuse_is_a_400_before_the_wake(
+    tmp_path: Path, meminfo: Path
+) -> None:
+    """Beyond the schema: the checks the worker runs after parsing run at the front too.
+
+    Needs the api helper's `check()` on each request (issue 16) called in Inference.proxy.
+    """
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"model": "a", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": "a", "prompt": "x", "n": 2}, "n"),
+        ({"model": "a", "messages": CHAT, "top_logprobs": 2}, "top_logprobs"),
+        ({"model": "a", "messages": CHAT, "tool_choice": "required"}, "tool_choice"),
+    ]
+    async with asleep(tmp_path, meminfo) as (client, sleeper):
+        for body, param in refused:
+            path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+            resp = await client.post(path, json={**body, "stream": True})
+            assert resp.status == 400 and resp.content_type == "application/json", param
+            assert (await resp.json())["error"]["param"] == param
+        assert now(sleeper.units["cairn-model@a.service"]) is Phase.ASLEEP
 
 
 async def test_a_refusal_after_the_wake_carries_the_workers_error_unchanged(
