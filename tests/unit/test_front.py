@@ -253,6 +253,8 @@ def test_an_upstream_error_is_carried_into_a_stream_unchanged() -> None:
     other = front._carried(502, b"<html>bad gateway</html>")
     assert other["error"]["type"] == "server_error" and "502" in other["error"]["message"]
     assert "bad gateway" in other["error"]["message"]
+    for broken in (b'{"error": "\xff"}', b"[" * 100_000, b'{"error": "just a string"}'):
+        assert front._carried(500, broken)["error"]["type"] == "server_error"
 
 
 SSE_HEAD = (

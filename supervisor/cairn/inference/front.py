@@ -690,7 +690,7 @@ def _unavailable_error(name: str, why: str) -> dict[str, Any]:
 
 def _carried(status: int, body: bytes) -> dict[str, Any]:
     """An upstream's error answer as the error object to stream: its own, unchanged."""
-    with contextlib.suppress(msgspec.DecodeError):
+    with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         doc = msgspec.json.decode(body)
         if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
             return doc
