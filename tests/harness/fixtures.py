@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from cairn.inference import demo
 
 from .cluster import Cluster
 from .errors import HarnessUnavailable
@@ -60,3 +65,19 @@ def lan() -> Iterator[Lan]:
         pytest.skip(str(exc))
     with Lan(1) as net:
         yield net
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo models, demo.gguf and demo-embed.onnx, written once per session."""
+    d = tmp_path_factory.mktemp("models")
+    demo.write(d)
+    return d
+
+
+@pytest.fixture
+def short_socket_dir() -> Iterator[str]:
+    """A directory for workers' unix sockets under /tmp: their paths must stay short."""
+    d = tempfile.mkdtemp(prefix="cs-", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -66,6 +66,11 @@ def test_openapi_document_is_served_and_lists_every_route(start_node: Callable[.
         "/status",
         "/metrics",
         "/openapi.json",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
     }
 
 

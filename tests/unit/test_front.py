@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
@@ -30,13 +31,17 @@ async def _boom(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, tmp_path: Path) -> TestClient:
-    """The app as the daemon mounts it, plus a route that fails on each of its two apps."""
+    """The app as the daemon mounts it, plus a route that fails on each of its two apps.
+
+    One model is configured, its worker never started: an answer that needed it is a 503.
+    """
     cfg = config.from_mapping(
         {
             "version": 1,
             "node": {"name": "unit", "state_dir": str(tmp_path)},
             "probe": {"nix_profiles": str(tmp_path / "nix")},
             "inference": {"max_body_bytes": 4096},
+            "models": [{"name": "m", "path": str(tmp_path / "m.gguf"), "kind": "gguf"}],
         }
     )
     sup = Supervisor(cfg)
@@ -192,7 +197,8 @@ async def test_a_failing_v1_handler_is_500_in_openai_shape_and_counted(client: T
 
 async def test_the_openai_routes_keep_their_route_labels(client: TestClient) -> None:
     assert (await client.get("/v1/models")).status == 200
-    resp = await client.post("/v1/chat/completions", json={"model": "nope", "messages": []})
+    body = {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}
+    resp = await client.post("/v1/chat/completions", json=body)
     assert (await _openai_error(resp, 404))["code"] == "model_not_found"
     metrics = await (await client.get("/metrics")).text()
     assert 'cairn_http_requests_total{code="200",method="GET",route="/v1/models"} 1.0' in metrics
@@ -211,3 +217,97 @@ async def test_the_other_paths_keep_the_status_shape(client: TestClient) -> None
         assert resp.status == status, path
         doc = await resp.json()
         assert set(doc["error"]) == {"status", "message"} and doc["error"]["status"] == status
+
+
+async def test_a_model_is_got_as_it_is_listed_and_an_unknown_one_is_404(
+    client: TestClient,
+) -> None:
+    listed = await (await client.get("/v1/models")).json()
+    resp = await client.get("/v1/models/m")
+    assert resp.status == 200
+    assert [await resp.json()] == listed["data"]
+    assert listed["data"][0]["id"] == "m" and listed["data"][0]["object"] == "model"
+    error = await _openai_error(await client.get("/v1/models/nope"), 404)
+    assert (error["code"], error["param"]) == ("model_not_found", "model")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"model": "m", "messages": [], "stream": True}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ("/v1/completions", {"model": "m", "prompt": "x", "top_p": 2, "stream": True}, "top_p"),
+        ("/v1/embeddings", {"model": "m", "input": 5}, "input"),
+    ],
+)
+async def test_an_invalid_body_is_400_naming_the_field_before_any_worker_is_asked(
+    client: TestClient, path: str, body: dict[str, Any], param: str
+) -> None:
+    error = await _openai_error(await client.post(path, json=body), 400)
+    assert error["param"] == param and error["type"] == "invalid_request_error", error
+
+
+def test_an_upstream_error_is_carried_into_a_stream_unchanged() -> None:
+    worker = {"error": {"message": "m", "type": "t", "param": "p", "code": "c"}}
+    assert front._carried(400, msgspec.json.encode(worker)) == worker
+    other = front._carried(502, b"<html>bad gateway</html>")
+    assert other["error"]["type"] == "server_error" and "502" in other["error"]["message"]
+    assert "bad gateway" in other["error"]["message"]
+    for broken in (b'{"error": "\xff"}', b"[" * 100_000, b'{"error": "just a string"}'):
+        assert front._carried(500, broken)["error"]["type"] == "server_error"
+
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+EVENT = b'data: {"x": 1}\n\n'
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        SSE_HEAD + b"%x\r\n%s\r\n" % (len(EVENT), EVENT),  # a stream, its end never sent
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 99\r\n\r\n{",
+    ],
+)
+async def test_a_worker_answer_that_breaks_off_is_never_passed_on_as_whole(
+    aiohttp_client: Any, tmp_path: Path, answer: bytes
+) -> None:
+    cfg = config.from_mapping(
+        {
+            "version": 1,
+            "node": {"name": "unit", "state_dir": str(tmp_path)},
+            "inference": {"workers": "systemd", "socket_dir": str(tmp_path / "s")},
+            "models": [{"name": "m", "path": str(tmp_path / "m.gguf"), "kind": "gguf"}],
+        }
+    )
+
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)  # then it dies
+        await writer.drain()
+        writer.close()
+
+    (tmp_path / "s").mkdir()
+    server = await asyncio.start_unix_server(worker, str(tmp_path / "s" / "m.sock"))
+    inf = front.Inference(cfg, tmp_path / "run", cast(Units, _AwakeUnits()))
+    app = web.Application()
+    app.add_subapp(openai.PREFIX, openai.create_app(inf.routes()))
+    client: TestClient = await aiohttp_client(app)
+    body = {"model": "m", "prompt": "x", "stream": True}
+    try:
+        resp = await client.post("/v1/completions", json=body)
+        assert resp.status == 200
+        if resp.content_type == "text/event-stream":
+            lines = (await resp.read()).split(b"\n\n")
+            assert lines[0] == EVENT.strip()
+            error = json.loads(lines[1].removeprefix(b"data: "))["error"]
+            assert (error["type"], error["code"]) == ("server_error", "stream_interrupted")
+            assert lines[2:] == [b"data: [DONE]", b""]
+        else:  # cut off: the client sees a body that never ended, not a whole one
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        assert inf.streams_broken == 1
+    finally:
+        await inf.stop()
+        server.close()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 
 from cairn.config import REQUEST_TIMEOUT_S, Config, ModelConfig, ModelKind, WorkerManager
@@ -49,6 +50,8 @@ _BY_PHASE = {
 }
 _NOT_KNOWN = (ModelState.SOCKET, "started on first request")
 EFFECTIVE_CONFIG = "effective-config.json"  # in the run dir: what standalone workers read
+# What each POST route's body must be: the front validates it before waking or passing it on.
+Request = openai.ChatRequest | openai.CompletionRequest | openai.EmbeddingRequest
 
 
 def worker_units(config: Config, run_dir: Path, systemd: Units | None = None) -> Units:
@@ -175,6 +178,7 @@ class Inference:
         }
         self._peers: aiohttp.ClientSession | None = None
         self.forwarded = 0
+        self.streams_broken = 0  # answers whose worker or peer failed after the status line
         self.last_request = time.monotonic()  # any /v1 request, served here or passed on
 
     async def start(self) -> None:
@@ -247,30 +251,46 @@ class Inference:
     # --- HTTP -----------------------------------------------------------------------------
 
     async def list_models(self, request: web.Request) -> web.Response:
-        """GET /v1/models."""
-        data = [
-            {"id": n, "object": "model", "created": m.created, "owned_by": "cairn"}
-            for n, m in self.models.items()
-        ]
+        """GET /v1/models: the models configured here (peers' are not listed)."""
+        data = [_model_object(m) for m in self.models.values()]
         return web.json_response({"object": "list", "data": data})
 
-    async def proxy(self, request: web.Request) -> web.StreamResponse:
-        """POST /v1/...: pick the model from the body, forward to its worker, stream back."""
+    async def get_model(self, request: web.Request) -> web.Response:
+        """GET /v1/models/{model}: one of the models /v1/models lists, else 404."""
+        name = request.match_info["model"]
+        model = self.models.get(name)
+        if model is None:
+            return _not_found(name)
+        return web.json_response(_model_object(model))
+
+    def _proxy(self, kind: type[Request]) -> Handler:
+        """The handler of one POST route, whose bodies are `kind` requests."""
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self.proxy(request, kind)
+
+        return handler
+
+    async def proxy(self, request: web.Request, kind: type[Request]) -> web.StreamResponse:
+        """POST /v1/...: validate the body, pick its model's worker (or a peer), stream back.
+
+        The body is validated here, before anything is woken or passed on: an invalid request
+        gets its 400 with a status line, never an event stream already promised as a 200.
+        """
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
         try:
-            doc = openai.parse(body, object)
-        except openai.RequestError as err:
-            return openai.error(400, str(err), "invalid_request_error")
-        name = doc.get("model") if isinstance(doc, dict) else None
-        if not isinstance(name, str):
+            body.decode()  # the decoder below skips unknown fields unread, even broken ones
+        except UnicodeDecodeError as err:
             return openai.error(
-                400,
-                "'model' is required and must be a string",
-                "invalid_request_error",
-                param="model",
+                400, f"request body is not valid UTF-8: {err}", "invalid_request_error"
             )
+        try:
+            req = openai.parse(body, kind)
+        except openai.RequestError as err:
+            return openai.error(400, str(err), "invalid_request_error", param=err.param)
+        name = req.model
         request[MODEL_KEY] = name  # the metrics middleware counts per model
         self.last_request = time.monotonic()
         model = self.models.get(name)
@@ -295,16 +315,10 @@ class Inference:
                 )
             if hop or (self.cluster is not None and self.cluster.knows_model(name)):
                 return _unavailable(name, "no live node with room serves it")
-            return openai.error(
-                404,
-                f"The model '{name}' does not exist",
-                "invalid_request_error",
-                param="model",
-                code="model_not_found",
-            )
+            return _not_found(name)
         if paused:
             return _unavailable(name, "paused while the GPU cools down")
-        streaming = isinstance(doc, dict) and doc.get("stream") is True
+        streaming = not isinstance(req, openai.EmbeddingRequest) and req.stream is True
         if self.sleeper is None:
             return await self._serve(request, model, body, streaming)
         self.sleeper.begin(model.unit)  # from here on it is in use: nothing puts it to sleep
@@ -366,7 +380,7 @@ class Inference:
         if why:
             if resp is None:
                 return _unavailable(model.cfg.name, why)
-            await _sse_error(resp, 503, f"model '{model.cfg.name}' is unavailable: {why}")
+            await _sse_error(resp, _unavailable_error(model.cfg.name, why))
             return resp
         return await self._forward(request, model, body, resp)
 
@@ -475,10 +489,11 @@ class Inference:
 
         try:
             return await self._while_live(peer.name, hop())
-        except (aiohttp.ClientConnectionError, OSError) as err:  # TimeoutError is an OSError
+        # TimeoutError and the gossip watch's ConnectionError are OSErrors; a ClientPayloadError
+        # is an answer cut off mid-body (the peer died or hung up).
+        except (aiohttp.ClientError, OSError) as err:
             if (started := _started(request)) is not None:  # a side hung up mid-stream
-                log.info("stream from peer %s ended early: %s", peer.name, err)
-                return started
+                return await self._broke_off(request, started, f"peer {peer.name}", err)
             log.warning("peer %s unreachable for %s: %s", peer.name, request.path, err)
             return None
 
@@ -511,13 +526,12 @@ class Inference:
         """Stream an upstream answer back to the client as it arrives.
 
         `resp`: an event stream already started (a wake was announced on it); an error answer
-        then arrives as an SSE error event, since the status line is gone.
+        then arrives as an SSE error event carrying the upstream's error object unchanged, since
+        the status line is gone.
         """
         if resp is not None:
             if upstream.status != 200:
-                await _sse_error(
-                    resp, upstream.status, (await upstream.read()).decode(errors="replace")
-                )
+                await _sse_error(resp, _carried(upstream.status, await upstream.read()))
                 return resp
         else:
             resp = web.StreamResponse(
@@ -554,26 +568,57 @@ class Inference:
         except TimeoutError:
             why = f"no answer within request_timeout ({model.cfg.request_timeout:g} s)"
             log.warning("model %s: %s", model.cfg.name, why)
+            message = f"model '{model.cfg.name}': {why}"
             if resp is not None or (resp := _started(request)) is not None:
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    await _sse_error(resp, 504, f"model '{model.cfg.name}': {why}")
+                    await _sse_error(resp, _error_object(message, "timeout", "timeout"))
                 return resp
-            return openai.error(504, f"model '{model.cfg.name}': {why}", "timeout", code="timeout")
-        except (aiohttp.ClientConnectionError, OSError) as err:
-            if resp is not None:  # our own event stream (a wake was announced): say what failed
+            return openai.error(504, message, "timeout", code="timeout")
+        # A ClientPayloadError is an answer cut off mid-body: the worker died (or was killed).
+        except (aiohttp.ClientError, OSError) as err:
+            if (started := _started(request)) is not None:
+                if resp is None:  # the worker's own answer was under way
+                    return await self._broke_off(request, started, f"model {model.cfg.name}", err)
+                # Our own event stream (a wake was announced): say what failed.
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    await _sse_error(resp, 503, f"model '{model.cfg.name}' is unavailable: {err}")
+                    await _sse_error(resp, _unavailable_error(model.cfg.name, str(err)))
                 return resp
-            if (started := _started(request)) is not None:  # a side hung up mid-stream
-                log.info("stream of %s ended early: %s", model.cfg.name, err)
-                return started
             model.health = None  # what it last said of itself is stale now
             return _unavailable(model.cfg.name, str(err))
 
+    async def _broke_off(
+        self, request: web.Request, resp: web.StreamResponse, source: str, err: BaseException
+    ) -> web.StreamResponse:
+        """End an answer whose status line went out when its source failed mid-body.
+
+        An event stream ends with an SSE error event and `data: [DONE]`, so the client learns
+        the answer is incomplete; any other body is cut off (the connection closed without its
+        last chunk), so a client never takes a truncated body for a whole one. Nothing is
+        written after the status line but the body: aiohttp would otherwise send a second one.
+        """
+        transport = request.transport
+        if transport is None or transport.is_closing():  # the client hung up: nobody to tell
+            log.info("%s: the client left mid-answer (%s)", source, err)
+            return resp
+        self.streams_broken += 1
+        log.warning("%s: the answer broke off mid-body: %s", source, err or type(err).__name__)
+        if resp.content_type != "text/event-stream":
+            transport.abort()
+            return resp
+        message = f"{source} broke off mid-answer: {err or type(err).__name__}"
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the client left meanwhile
+            await _sse_error(resp, _error_object(message, "server_error", "stream_interrupted"))
+        return resp
+
     def routes(self) -> list[web.RouteDef]:
         """The OpenAI API's route table, relative to openai.PREFIX (openai.create_app serves it)."""
-        posts = ("/chat/completions", "/completions", "/embeddings")
-        return [web.get("/models", self.list_models), *(web.post(p, self.proxy) for p in posts)]
+        return [
+            web.get("/models", self.list_models),
+            web.get("/models/{model}", self.get_model),
+            web.post("/chat/completions", self._proxy(openai.ChatRequest)),
+            web.post("/completions", self._proxy(openai.CompletionRequest)),
+            web.post("/embeddings", self._proxy(openai.EmbeddingRequest)),
+        ]
 
 
 def _ready(model: Model) -> bool:
@@ -602,6 +647,22 @@ def _probing(model: Model) -> Iterator[None]:
             s.probe_ended()
 
 
+def _model_object(model: Model) -> dict[str, str | int]:
+    """OpenAI's Model object for a model configured here."""
+    return {"id": model.cfg.name, "object": "model", "created": model.created, "owned_by": "cairn"}
+
+
+def _not_found(name: str) -> web.Response:
+    """404 in OpenAI's shape: no such model."""
+    return openai.error(
+        404,
+        f"The model '{name}' does not exist",
+        "invalid_request_error",
+        param="model",
+        code="model_not_found",
+    )
+
+
 def _unavailable(name: str, why: str) -> web.Response:
     """503 in OpenAI's shape, naming the model and why."""
     return openai.error(
@@ -614,8 +675,30 @@ def _unavailable(name: str, why: str) -> web.Response:
     )
 
 
-async def _sse_error(resp: web.StreamResponse, status: int, message: str) -> None:
-    """An error inside an event stream whose status line already went out."""
-    doc = {"error": {"message": message, "type": "model_unavailable", "code": status}}
+def _error_object(
+    message: str, kind: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error object, for a stream whose status line already went out."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _unavailable_error(name: str, why: str) -> dict[str, Any]:
+    """What _unavailable says, as an error object inside a stream."""
+    message = f"model '{name}' is unavailable: {why}"
+    return _error_object(message, "model_unavailable", "model_unavailable", "model")
+
+
+def _carried(status: int, body: bytes) -> dict[str, Any]:
+    """An upstream's error answer as the error object to stream: its own, unchanged."""
+    with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        doc = msgspec.json.decode(body)
+        if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+            return doc
+    text = body.decode(errors="replace")[:500]
+    return _error_object(f"upstream answered {status}: {text}", "server_error", None)
+
+
+async def _sse_error(resp: web.StreamResponse, doc: dict[str, Any]) -> None:
+    """An error inside an event stream whose status line already went out, then its end."""
     await resp.write(b"data: " + msgspec.json.encode(doc) + b"\n\ndata: [DONE]\n\n")
     await resp.write_eof()
