@@ -89,8 +89,10 @@ bench-gossip: $(VENV)/.run-installed
 bench-wake: $(VENV)/.test-installed apt-test
 	$(BIN)/python -m tests.bench.wake $(BENCH_ARGS)
 
-# Tokens/s and time to first token beside llama-server and llama-cpp-python's server; builds
-# llama-server once (minutes) into ~/.cache/cairn/bench. BENCH_ARGS=--quick for a smoke run.
+# Tokens/s and time to first token beside llama-server and llama-cpp-python's server: plain
+# requests, the agent workloads (a growing conversation, a shared system prompt, JSON schema) and
+# the legacy node's pinned shape, in one run; builds llama-server once (minutes) into
+# ~/.cache/cairn/bench. BENCH_ARGS=--quick for a smoke run, --phases/--models to select.
 bench-inference: $(VENV)/.run-installed
 	$(PIP) --editable '.[bench]'
 	$(BIN)/python -m tests.bench.inference $(BENCH_ARGS)

@@ -29,10 +29,52 @@ UNK_ID = 258
 SPACE_ID = 259  # SentencePiece's "▁": the tokenizer turns spaces into it before lookup
 VOCAB_SIZE = 260
 
-# A small ChatML-like template; rendered by llama-cpp-python's Jinja2ChatFormatter (or jinja2).
+# A small ChatML-like template that can offer tools, Hermes/Qwen style: the tools' signatures as
+# JSON lines inside <tools></tools> in the system turn, calls answered as
+# <tool_call>{"name": ..., "arguments": ...}</tool_call> blocks (the API recognises the format by
+# that tag), results sent back as <tool_response> blocks in a user turn. Without tools a
+# conversation renders as "<|role|>\ncontent<|end|>\n" turns. Rendered by llama-cpp-python's
+# Jinja2ChatFormatter (a jinja2 sandbox with trim_blocks and lstrip_blocks); a call's arguments
+# may be a JSON string or an object, and `function` may wrap the call (OpenAI's shape) or not.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% set msgs = messages %}"
+    "{% if tools %}"
+    "<|system|>\n"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{{ messages[0]['content'] }}\n\n"
+    "{% set msgs = messages[1:] %}"
+    "{% endif %}"
+    "# Tools\n\n"
+    "You may call functions to help with the request. Their signatures, one JSON object"
+    " per line, are inside <tools></tools>:\n<tools>\n"
+    "{% for tool in tools %}"
+    "{{ tool | tojson }}\n"
+    "{% endfor %}"
+    "</tools>\n\n"
+    "To call a function, answer with a JSON object holding its name and arguments inside"
+    " <tool_call></tool_call>, one block per call:\n"
+    '<tool_call>\n{"name": <function name>, "arguments": <arguments object>}\n</tool_call>'
+    "<|end|>\n"
+    "{% endif %}"
+    "{% for message in msgs %}"
+    "{% if message['role'] == 'tool' %}"
+    "{% if loop.first or msgs[loop.index0 - 1]['role'] != 'tool' %}<|user|>\n{% endif %}"
+    "<tool_response>\n{{ message['content'] }}\n</tool_response>"
+    "{% if loop.last or msgs[loop.index0 + 1]['role'] != 'tool' %}<|end|>\n"
+    "{% else %}{{ '\\n' }}{% endif %}"
+    "{% else %}"
+    "<|{{ message['role'] }}|>\n"
+    "{% if message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% if call['function'] is defined %}{% set call = call['function'] %}{% endif %}"
+    "{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+    '<tool_call>\n{"name": {{ call[\'name\'] | tojson }}, "arguments": '
+    "{% if call['arguments'] is string %}{{ call['arguments'] }}"
+    "{% else %}{{ call['arguments'] | tojson }}{% endif %}"
+    "}\n</tool_call>"
+    "{% endfor %}"
+    "<|end|>\n"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
