@@ -27,7 +27,7 @@ def call(fmt: ToolFormat, city: str) -> str:
 
 def whole(fmt: ToolFormat, text: str) -> tuple[str | None, list[dict[str, Any]]]:
     p = tools.CallParser(fmt, NAMES)
-    return tools.collect(p.feed(text) + p.finish())
+    return tools.collect(p.whole(text))
 
 
 def by_char(fmt: ToolFormat, text: str) -> list[tools.Event]:
@@ -81,6 +81,8 @@ def test_hermes_holds_back_only_what_may_open_a_call() -> None:
     [
         (ToolFormat.HERMES, '<tool_call>\n{"name": "unknown", "arguments": {}}\n</tool_call>'),
         (ToolFormat.HERMES, '<tool_call>\n{"name": "get_weather", "argu'),  # cut off
+        # Cut in its arguments, after the name: a streamed answer has begun the call by now.
+        (ToolFormat.HERMES, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Ber'),
         (ToolFormat.LLAMA3, '{"name": "get_weather", "parameters": [1]}'),
         (ToolFormat.GENERIC, '{"answer": 42}'),
     ],

@@ -288,6 +288,7 @@ class Inference:
             )
         try:
             req = openai.parse(body, kind)
+            req.check()  # ranges, refused fields, schemas: a 400 before any wake or hop
         except openai.RequestError as err:
             return openai.error(400, str(err), "invalid_request_error", param=err.param)
         name = req.model

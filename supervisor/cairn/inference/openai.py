@@ -422,13 +422,6 @@ class RequestError(Exception):
         self.param = param
 
 
-_KINDS: dict[str, type[ChatRequest] | type[CompletionRequest] | type[EmbeddingRequest]] = {
-    "/chat/completions": ChatRequest,
-    "/completions": CompletionRequest,
-    "/embeddings": EmbeddingRequest,
-}
-
-
 def parse(body: bytes, kind: type[T]) -> T:
     """Decode and validate a request body; RequestError names the field or the fault."""
     try:
@@ -449,16 +442,6 @@ def parse(body: bytes, kind: type[T]) -> T:
         raise RequestError(f"request body is not valid UTF-8: {err}", None) from None
     except RecursionError:  # msgspec's decoder recurses per level: e.g. 100000 '['
         raise RequestError("request body is not valid JSON: nested too deeply", None) from None
-
-
-def check_request(path: str, body: bytes) -> None:
-    """Validate a request for the POST route `path` (under PREFIX) as its worker will.
-
-    Raises RequestError; lets the front refuse a request before it opens a stream.
-    """
-    kind = _KINDS.get(path)
-    if kind is not None:
-        parse(body, kind).check()
 
 
 def error(

@@ -326,6 +326,13 @@ class CallParser:
         out, self._buf = self._buf, ""
         return [Content(out)]
 
+    def whole(self, text: str) -> list[Event]:
+        """A whole answer at once: a call block cut short, never streamed, stays text."""
+        if self.fmt is ToolFormat.HERMES and not self._content:
+            self._buf += text
+            return self._hermes(final=True)
+        return self.feed(text) + self.finish()
+
     def finish(self) -> list[Event]:
         """The output ended: decide what is still held."""
         if self._content:

@@ -219,6 +219,15 @@ def _refused(job: _Job, err: ValueError) -> web.Response:
     return openai.error(400, str(err), "invalid_request_error", param=param, code=code)
 
 
+def _finish(reason: str | None, called: bool) -> str:
+    """OpenAI's finish_reason: "tool_calls" for an answer that ended by itself with calls.
+
+    An answer cut by max_tokens says "length" even after a whole call: what came after it,
+    perhaps another call, is missing.
+    """
+    return "tool_calls" if called and reason == "stop" else str(reason)
+
+
 def _deltas(events: list[tools.Event]) -> list[dict[str, Any]]:
     """Parser events as chat.completion.chunk deltas, shaped as OpenAI streams tool calls."""
     out: list[dict[str, Any]] = []
@@ -261,11 +270,11 @@ async def _generate(request: web.Request, job: _Job) -> web.StreamResponse:
             if parser is None:
                 lp = openai.text_logprobs(lps, offset) if want_lp else None
                 return _json(env.text(text, chunk, lp, extra))
-            content, calls = tools.collect(parser.feed(text) + parser.finish())
+            content, calls = tools.collect(parser.whole(text))
             message: dict[str, Any] = {"content": content}
             if calls:
                 message["tool_calls"] = calls
-            finish = "tool_calls" if calls else str(chunk.finish_reason)
+            finish = _finish(chunk.finish_reason, bool(calls))
             lp = openai.chat_logprobs(lps) if want_lp else None
             return _json(env.chat(message, finish, chunk, lp, extra))
         resp = web.StreamResponse(
@@ -299,7 +308,7 @@ async def _generate(request: web.Request, job: _Job) -> web.StreamResponse:
                 break
             chunk = await gen.__anext__()
         if parser is not None:
-            reason = "tool_calls" if parser.calls else str(chunk.finish_reason)
+            reason = _finish(chunk.finish_reason, parser.calls > 0)
             last = env.chat_chunk({}, reason, logprobs())
         else:
             last = env.text_chunk("", str(chunk.finish_reason), logprobs())
