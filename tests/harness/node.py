@@ -128,8 +128,13 @@ class Node:
         deadline = time.monotonic() + timeout
         socket = self.bus_dir / "system_bus_socket"
         try:
-            wait_until(lambda: self._check_alive() or socket.exists(), timeout, what="its bus")
-            self._bus = _connect(self.bus_address)
+            self._bus = wait_until(
+                lambda: (
+                    self._check_alive() or (_connect(self.bus_address) if socket.exists() else None)
+                ),
+                timeout,
+                what="its bus",
+            )
             self._manager = self._bus.get(SYSTEMD)
             remaining = max(0.0, deadline - time.monotonic())
             state = wait_until(self._ready_state, remaining, what="SystemState running")
@@ -332,10 +337,19 @@ class Node:
 
 
 def _connect(address: str) -> Any:
-    """Open a pydbus connection to address (imported lazily: gi is heavy)."""
-    import pydbus
+    """Open a pydbus connection to address (imported lazily: gi is heavy).
 
-    return pydbus.connect(address)
+    None while the socket is bound but not yet listening (refused): it exists from bind().
+    """
+    import pydbus
+    from gi.repository import Gio, GLib
+
+    try:
+        return pydbus.connect(address)
+    except GLib.Error as exc:
+        if exc.matches(Gio.io_error_quark(), Gio.IOErrorEnum.CONNECTION_REFUSED):
+            return None
+        raise
 
 
 def _bind_path(path: Path | str) -> str:
